@@ -1,0 +1,1 @@
+"""tickprop's I/O layer: settings, Kafka in and out, the Redis store, metrics, the worker, the CLI."""
