@@ -6,6 +6,8 @@ import uuid
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from service.store import Fenced, OffsetWentBackwards, Store, StoreUnavailable
 
@@ -91,7 +93,9 @@ def test_load_all_sees_only_its_group_and_parses_dotted_topics(redis_url: str) -
 
 
 def test_unreachable_redis_raises_store_unavailable() -> None:
-    client = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    client = redis.Redis(
+        host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)
+    )
     store = Store(client, "g")
     with pytest.raises(StoreUnavailable):
         store.claim("ticks", 0)
