@@ -17,8 +17,21 @@ import redis
 
 OFFSET_FIELD = b"offset"
 EPOCH_FIELD = b"epoch"
-# Symbols share the hash with these two fields, so no symbol may be named like them.
-RESERVED_FIELDS = frozenset({OFFSET_FIELD.decode(), EPOCH_FIELD.decode()})
+# Symbols share the hash with these two fields. A symbol spelled like one of them is stored
+# under an escaped name starting with NUL, which no valid symbol (printable text) contains.
+RESERVED_FIELDS = frozenset({OFFSET_FIELD, EPOCH_FIELD})
+ESCAPE = b"\x00"
+
+
+def symbol_field(symbol: str) -> bytes:
+    """The hash field holding `symbol`'s state: the symbol itself unless it is reserved."""
+    name = symbol.encode("utf-8")
+    return ESCAPE + name if name in RESERVED_FIELDS or name.startswith(ESCAPE) else name
+
+
+def field_symbol(name: bytes) -> str:
+    """The inverse of `symbol_field`."""
+    return name.removeprefix(ESCAPE).decode("utf-8")
 
 # KEYS[1] = partition hash. Bump the epoch and return it with the whole hash.
 _CLAIM_LUA = """
@@ -84,9 +97,9 @@ def _glob_escape(text: str) -> str:
 def _parse_hash(fields: Mapping[bytes, bytes]) -> PartitionState:
     """Turn a partition hash into its state: epoch, offset and the symbols' blobs."""
     blobs = {
-        name.decode("utf-8"): bytes(value)
+        field_symbol(name): bytes(value)
         for name, value in fields.items()
-        if name not in (OFFSET_FIELD, EPOCH_FIELD)
+        if name not in RESERVED_FIELDS
     }
     offset = fields.get(OFFSET_FIELD)
     return PartitionState(
@@ -139,12 +152,9 @@ class Store:
         Raises ``Fenced`` when another claim happened since ours, ``OffsetWentBackwards``
         when ``offset`` is below the stored one (nothing is written in either case).
         """
-        for symbol in blobs:
-            if symbol in RESERVED_FIELDS:
-                raise ValueError(f"symbol {symbol!r} collides with a reserved field")
-        args: list[bytes | int | str] = [epoch, offset]
+        args: list[bytes | int] = [epoch, offset]
         for symbol, blob in blobs.items():
-            args.extend((symbol, blob))
+            args.extend((symbol_field(symbol), blob))
         key = self.key(topic, partition)
         try:
             reply = self._checkpoint(keys=[key], args=args)

@@ -73,10 +73,15 @@ def test_offset_that_goes_backwards_is_refused_and_nothing_written(store: Store)
     assert store.load_all()[("ticks", 0)].blobs == {"ES": b"v1"}
 
 
-def test_reserved_field_names_are_not_accepted_as_symbols(store: Store) -> None:
+def test_symbols_named_like_reserved_fields_do_not_clobber_them(store: Store) -> None:
     epoch = store.claim("ticks", 0).epoch
-    with pytest.raises(ValueError, match="reserved"):
-        store.checkpoint("ticks", 0, epoch, 1, {"offset": b"x"})
+    blobs = {"offset": b"o", "epoch": b"e", "\x00x": b"n", "ES": b"s"}
+    store.checkpoint("ticks", 0, epoch, 12, blobs)
+    state = store.claim("ticks", 0)
+    assert state.blobs == blobs
+    assert (state.epoch, state.offset) == (epoch + 1, 12)
+    raw = store.client.hgetall(store.key("ticks", 0))
+    assert raw[b"ES"] == b"s" and raw[b"offset"] == b"12"  # plain symbols keep their name
 
 
 def test_load_all_sees_only_its_group_and_parses_dotted_topics(redis_url: str) -> None:
