@@ -1,0 +1,14 @@
+"""tickprop's numeric core: numpy only, no I/O."""
+
+from model.errors import FormatError, ModelError, RefusedUpdate
+from model.gradcheck import gradient_check, numerical_gradients
+from model.network import Network
+
+__all__ = [
+    "FormatError",
+    "ModelError",
+    "Network",
+    "RefusedUpdate",
+    "gradient_check",
+    "numerical_gradients",
+]
