@@ -1,0 +1,263 @@
+"""Bytes on Kafka <-> Python values: tick decoding and validation, prediction encoding.
+
+A bad tick is an expected event: `decode_tick` raises `InvalidTick` with a short
+snake_case `reason` (one of `REASONS`, used as a metric label and DLQ header)
+and a human `detail`, and never any other exception, whatever the bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+# Reason codes: bounded, so they can label metrics. "late" is decided by the
+# learner (OnlineLearner.is_late), not here, but belongs to the same set.
+NOT_JSON = "not_json"
+NOT_OBJECT = "not_object"
+MISSING_FIELD = "missing_field"
+BAD_SYMBOL = "bad_symbol"
+BAD_TS = "bad_ts"
+BAD_PRICE = "bad_price"
+BAD_VOLUME = "bad_volume"
+KEY_MISMATCH = "key_mismatch"
+TOO_LARGE = "too_large"
+LATE = "late"
+REASONS: tuple[str, ...] = (
+    NOT_JSON,
+    NOT_OBJECT,
+    MISSING_FIELD,
+    BAD_SYMBOL,
+    BAD_TS,
+    BAD_PRICE,
+    BAD_VOLUME,
+    KEY_MISMATCH,
+    TOO_LARGE,
+    LATE,
+)
+
+DEFAULT_MAX_BYTES = 65536
+MAX_SYMBOL_CHARS = 64
+MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last instant datetime can hold
+MAX_DETAIL_BYTES = 512
+# Field names the Redis partition hash uses beside the symbols (service/store.py), so
+# no symbol may take them; a tick naming one is invalid everywhere (worker and backtest).
+RESERVED_SYMBOLS = frozenset({"offset", "epoch"})
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """One valid trade: `ts_ms` epoch milliseconds, `price` finite > 0, `volume` finite >= 0."""
+
+    symbol: str
+    ts_ms: int
+    price: float
+    volume: float | None = None
+
+
+class InvalidTick(Exception):
+    """A record that is not a valid tick; `reason` is a code from REASONS."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def decode_tick(key: bytes | None, value: bytes | None, max_bytes: int = DEFAULT_MAX_BYTES) -> Tick:
+    """The Tick in a Kafka record (DESIGN.md format), or InvalidTick saying why not."""
+    if value is None:
+        raise InvalidTick(NOT_JSON, "record value is null")
+    if len(value) > max_bytes:
+        raise InvalidTick(TOO_LARGE, f"value is {len(value)} bytes, limit {max_bytes}")
+    try:
+        body = json.loads(value)
+    except RecursionError:
+        raise InvalidTick(NOT_JSON, "JSON nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, int too long
+        raise InvalidTick(NOT_JSON, f"not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidTick(NOT_OBJECT, f"JSON {type(body).__name__}, expected an object")
+    for name in ("symbol", "ts", "price"):
+        if name not in body:
+            raise InvalidTick(MISSING_FIELD, f"no {name!r} field")
+    tick = make_tick(body["symbol"], body["ts"], body["price"], body.get("volume"))
+    if key is not None:
+        try:
+            key_text = key.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidTick(KEY_MISMATCH, "key is not UTF-8") from None
+        if key_text != tick.symbol:
+            raise InvalidTick(
+                KEY_MISMATCH, f"key {_clip(key_text)!r} != symbol {_clip(tick.symbol)!r}"
+            )
+    return tick
+
+
+def make_tick(symbol: Any, ts: Any, price: Any, volume: Any = None) -> Tick:
+    """A Tick from JSON-typed values, validated as DESIGN.md fixes, or InvalidTick.
+
+    `ts` is an int (or integral float) of epoch ms, or a string: ISO-8601 or decimal
+    digits of epoch ms. `price` and `volume` must be numbers (not strings, not bools);
+    `volume` None means absent.
+    """
+    return Tick(_symbol(symbol), _ts_ms(ts), _price(price), _volume(volume))
+
+
+def tick_from_text(symbol: str, ts: str, price: str, volume: str | None = None) -> Tick:
+    """A Tick from CSV text fields, by the same rules as `make_tick`; empty volume = absent."""
+    return make_tick(
+        symbol,
+        ts,
+        _text_number(price, BAD_PRICE, "price"),
+        None
+        if volume is None or not volume.strip()
+        else _text_number(volume, BAD_VOLUME, "volume"),
+    )
+
+
+def _text_number(text: str, reason: str, name: str) -> float:
+    if len(text) > 64:
+        raise InvalidTick(reason, f"{name} text longer than 64 characters")
+    try:
+        return float(text)
+    except ValueError:
+        raise InvalidTick(reason, f"{name} {_clip(text)!r} is not a number") from None
+
+
+def _symbol(value: Any) -> str:
+    if not isinstance(value, str):
+        raise InvalidTick(BAD_SYMBOL, f"symbol is {type(value).__name__}, expected a string")
+    if not 1 <= len(value) <= MAX_SYMBOL_CHARS:
+        raise InvalidTick(
+            BAD_SYMBOL, f"symbol has {len(value)} characters, need 1..{MAX_SYMBOL_CHARS}"
+        )
+    if not value.isprintable() or value != value.strip():
+        raise InvalidTick(BAD_SYMBOL, f"symbol {_clip(value)!r} has unprintable or outer space")
+    if value in RESERVED_SYMBOLS:
+        raise InvalidTick(BAD_SYMBOL, f"symbol {value!r} is reserved")
+    return value
+
+
+def _ts_ms(value: Any) -> int:
+    if isinstance(value, bool):
+        raise InvalidTick(BAD_TS, "ts is a boolean")
+    if isinstance(value, float):
+        if not (math.isfinite(value) and value.is_integer()):
+            raise InvalidTick(BAD_TS, f"ts {value!r} is not a whole number of milliseconds")
+        value = int(value)
+    if isinstance(value, str):
+        value = _parse_ts_text(value)
+    if not isinstance(value, int):
+        raise InvalidTick(BAD_TS, f"ts is {type(value).__name__}, expected epoch ms or ISO-8601")
+    if not 0 <= value <= MAX_TS_MS:
+        raise InvalidTick(BAD_TS, f"ts {_clip(repr(value))} outside 0..{MAX_TS_MS}")
+    return value
+
+
+def _parse_ts_text(text: str) -> int:
+    text = text.strip()
+    if 0 < len(text) <= 20 and text.isdigit() and text.isascii():
+        return int(text)  # epoch ms written as text (CSV)
+    if not 0 < len(text) <= 64:
+        raise InvalidTick(BAD_TS, "ts string is empty or longer than 64 characters")
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)  # no zone given: UTC, as Kafka timestamps are
+        return (moment - _EPOCH) // _MS
+    except (ValueError, OverflowError) as exc:
+        raise InvalidTick(BAD_TS, f"ts {_clip(text)!r} is not ISO-8601: {exc}") from None
+
+
+def _number(value: Any, reason: str, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidTick(reason, f"{name} is {type(value).__name__}, expected a number")
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float range
+        raise InvalidTick(reason, f"{name} is too large") from None
+    if not math.isfinite(number):
+        raise InvalidTick(reason, f"{name} {number} is not finite")
+    return number
+
+
+def _price(value: Any) -> float:
+    price = _number(value, BAD_PRICE, "price")
+    if price <= 0:
+        raise InvalidTick(BAD_PRICE, f"price {price!r} is not > 0")
+    return price
+
+
+def _volume(value: Any) -> float | None:
+    if value is None:
+        return None
+    volume = _number(value, BAD_VOLUME, "volume")
+    if volume < 0:
+        raise InvalidTick(BAD_VOLUME, f"volume {volume!r} is negative")
+    return volume
+
+
+def encode_tick(tick: Tick) -> bytes:
+    """The DESIGN.md tick JSON of `tick` (what `tickprop produce` sends)."""
+    body: dict[str, Any] = {"symbol": tick.symbol, "ts": tick.ts_ms, "price": tick.price}
+    if tick.volume is not None:
+        body["volume"] = int(tick.volume) if tick.volume.is_integer() else tick.volume
+    return _dumps(body)
+
+
+def encode_prediction(
+    id: str,
+    symbol: str,
+    ts: int,
+    horizon: int,
+    p_up: float,
+    direction: str,
+    model_version: int,
+    features_ready: bool,
+) -> bytes:
+    """The DESIGN.md prediction JSON; the same arguments always give the same bytes."""
+    if direction not in ("up", "down"):
+        raise ValueError(f"direction must be 'up' or 'down', got {direction!r}")
+    body = {
+        "id": id,
+        "symbol": symbol,
+        "ts": int(ts),
+        "horizon": int(horizon),
+        "p_up": float(p_up),
+        "direction": direction,
+        "model_version": int(model_version),
+        "features_ready": bool(features_ready),
+    }
+    return _dumps(body)
+
+
+def _dumps(body: dict[str, Any]) -> bytes:
+    # Fixed key order, no spaces, no NaN (ValueError instead): deterministic and strict JSON.
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def dlq_headers(
+    reason: str, detail: str, topic: str, partition: int, offset: int
+) -> list[tuple[str, bytes]]:
+    """Kafka headers of a dead-lettered record: why, and where it came from."""
+    return [
+        ("tickprop.reason", reason.encode()),
+        ("tickprop.detail", _truncate_utf8(detail, MAX_DETAIL_BYTES)),
+        ("tickprop.source.topic", topic.encode()),
+        ("tickprop.source.partition", str(partition).encode()),
+        ("tickprop.source.offset", str(offset).encode()),
+    ]
+
+
+def _truncate_utf8(text: str, limit: int) -> bytes:
+    """At most `limit` bytes of valid UTF-8 (unencodable characters replaced)."""
+    return text.encode("utf-8", "replace")[:limit].decode("utf-8", "ignore").encode()
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -1,0 +1,247 @@
+import json
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from service import codec
+from service.codec import (
+    REASONS,
+    InvalidTick,
+    Tick,
+    decode_tick,
+    dlq_headers,
+    encode_prediction,
+    encode_tick,
+    tick_from_text,
+)
+
+
+def body(**fields):
+    base = {"symbol": "SPX", "ts": 1704205800123, "price": 4742.83, "volume": 1200}
+    base.update(fields)
+    return json.dumps({k: v for k, v in base.items() if v is not ...}).encode()
+
+
+def reason_of(key, value, **kw):
+    with pytest.raises(InvalidTick) as info:
+        decode_tick(key, value, **kw)
+    assert info.value.reason in REASONS
+    assert info.value.detail
+    return info.value.reason
+
+
+def test_design_example_decodes():
+    tick = decode_tick(b"SPX", body())
+    assert tick == Tick("SPX", 1704205800123, 4742.83, 1200.0)
+
+
+def test_volume_is_optional_and_key_may_be_absent():
+    assert decode_tick(None, body(volume=...)) == Tick("SPX", 1704205800123, 4742.83, None)
+    assert decode_tick(None, body(volume=None)).volume is None
+
+
+def test_iso_timestamps_become_epoch_ms():
+    assert decode_tick(None, body(ts="2024-01-02T14:30:00.123Z")).ts_ms == 1704205800123
+    assert decode_tick(None, body(ts="2024-01-02T15:30:00.123+01:00")).ts_ms == 1704205800123
+    assert decode_tick(None, body(ts="2024-01-02T14:30:00.123")).ts_ms == 1704205800123  # UTC
+    assert decode_tick(None, body(ts="1704205800123")).ts_ms == 1704205800123
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (None, "not_json"),
+        (b"", "not_json"),
+        (b"{not json", "not_json"),
+        (b"\xff\xfe\x00garbage", "not_json"),
+        (b"[1, 2]", "not_object"),
+        (b'"SPX"', "not_object"),
+        (b"null", "not_object"),
+        (body(symbol=...), "missing_field"),
+        (body(ts=...), "missing_field"),
+        (body(price=...), "missing_field"),
+        (body(symbol=""), "bad_symbol"),
+        (body(symbol=7), "bad_symbol"),
+        (body(symbol="A" * 65), "bad_symbol"),
+        (body(symbol="A\nB"), "bad_symbol"),
+        (body(symbol=" SPX"), "bad_symbol"),
+        (body(symbol="offset"), "bad_symbol"),
+        (body(ts=True), "bad_ts"),
+        (body(ts=-1), "bad_ts"),
+        (body(ts=1.5), "bad_ts"),
+        (body(ts=10**20), "bad_ts"),
+        (body(ts="yesterday"), "bad_ts"),
+        (body(ts=None), "bad_ts"),
+        (body(ts=[1]), "bad_ts"),
+        (body(price=0), "bad_price"),
+        (body(price=-1.5), "bad_price"),
+        (body(price=True), "bad_price"),
+        (body(price="4742.83"), "bad_price"),
+        (body(price=None), "bad_price"),
+        (b'{"symbol":"SPX","ts":1,"price":NaN}', "bad_price"),
+        (b'{"symbol":"SPX","ts":1,"price":Infinity}', "bad_price"),
+        (b'{"symbol":"SPX","ts":1,"price":1e999}', "bad_price"),
+        (b'{"symbol":"SPX","ts":1,"price":' + b"9" * 400 + b"}", "bad_price"),
+        (body(volume=-1), "bad_volume"),
+        (body(volume=False), "bad_volume"),
+        (body(volume="12"), "bad_volume"),
+        (b'{"symbol":"SPX","ts":1,"price":1,"volume":NaN}', "bad_volume"),
+    ],
+)
+def test_invalid_records_name_their_reason(value, reason):
+    assert reason_of(None, value) == reason
+
+
+def test_key_must_equal_symbol_when_present():
+    assert reason_of(b"ES", body()) == "key_mismatch"
+    assert reason_of(b"", body()) == "key_mismatch"
+    assert reason_of(b"\xff", body()) == "key_mismatch"
+
+
+def test_oversized_records_are_refused_before_parsing():
+    big = body(pad="x" * 70_000)
+    assert reason_of(b"SPX", big) == "too_large"
+    assert decode_tick(b"SPX", big, max_bytes=100_000).symbol == "SPX"
+
+
+def test_deep_nesting_and_huge_integers_are_invalid_not_crashes():
+    deep = b'{"symbol":"SPX","ts":1,"price":1,"x":' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    assert reason_of(None, deep, max_bytes=len(deep)) == "not_json"
+    huge_int = b'{"symbol":"SPX","ts":' + b"1" * 5000 + b',"price":1}'
+    assert reason_of(None, huge_int) == "not_json"
+
+
+def test_unicode_symbols_are_valid_and_lone_surrogates_are_not():
+    assert decode_tick("ÄPFEL".encode(), body(symbol="ÄPFEL")).symbol == "ÄPFEL"
+    assert reason_of(None, b'{"symbol":"\\ud800","ts":1,"price":1}') == "bad_symbol"
+
+
+def test_unknown_fields_are_ignored():
+    assert decode_tick(None, body(exchange="CME")).symbol == "SPX"
+
+
+def test_encode_tick_round_trips():
+    for tick in (Tick("ES", 1, 1642.25, 3.0), Tick("ES", 2, 0.1, None), Tick("É", 3, 1e-300, 0.5)):
+        assert decode_tick(tick.symbol.encode(), encode_tick(tick)) == tick
+
+
+def test_csv_text_follows_the_same_rules():
+    assert tick_from_text("ES", "1378072800000", "1642.25", "3") == Tick(
+        "ES", 1378072800000, 1642.25, 3.0
+    )
+    assert tick_from_text("ES", "1378072800000", "1642.25", "").volume is None
+    for args, reason in [
+        (("ES", "x", "1"), "bad_ts"),
+        (("ES", "1", "nan"), "bad_price"),
+        (("ES", "1", "abc"), "bad_price"),
+        (("ES", "1", "1", "-2"), "bad_volume"),
+        (("", "1", "1"), "bad_symbol"),
+    ]:
+        with pytest.raises(InvalidTick) as info:
+            tick_from_text(*args)
+        assert info.value.reason == reason
+
+
+def test_prediction_is_the_design_json_and_byte_identical_when_resent():
+    args = ("ticks/0/4211", "SPX", 1704205800123, 1, 0.573, "up", 4180, True)
+    first = encode_prediction(*args)
+    assert first == encode_prediction(*args)
+    assert json.loads(first) == {
+        "id": "ticks/0/4211",
+        "symbol": "SPX",
+        "ts": 1704205800123,
+        "horizon": 1,
+        "p_up": 0.573,
+        "direction": "up",
+        "model_version": 4180,
+        "features_ready": True,
+    }
+    assert b" " not in first
+    with pytest.raises(ValueError):
+        encode_prediction("i", "S", 1, 1, math.nan, "up", 0, True)
+    with pytest.raises(ValueError):
+        encode_prediction("i", "S", 1, 1, 0.5, "sideways", 0, True)
+
+
+def test_p_up_survives_the_round_trip_exactly():
+    p = 0.1 + 0.2
+    assert json.loads(encode_prediction("i", "S", 1, 1, p, "up", 0, True))["p_up"] == p
+
+
+def test_dlq_headers_name_reason_and_source():
+    headers = dict(dlq_headers("bad_price", "price -1 is not > 0", "ticks", 3, 42))
+    assert headers == {
+        "tickprop.reason": b"bad_price",
+        "tickprop.detail": b"price -1 is not > 0",
+        "tickprop.source.topic": b"ticks",
+        "tickprop.source.partition": b"3",
+        "tickprop.source.offset": b"42",
+    }
+    long = dict(dlq_headers("not_json", "é" * 1000 + "\ud800", "t", 0, 0))["tickprop.detail"]
+    assert len(long) <= codec.MAX_DETAIL_BYTES
+    long.decode("utf-8")  # still valid UTF-8 after truncation
+
+
+# --- fuzzing: whatever the bytes, only InvalidTick or a valid Tick ---------------------
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=80),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=10,
+)
+tick_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "symbol": json_values | st.text(min_size=1, max_size=70),
+        "ts": json_values | st.integers(min_value=-(10**16), max_value=10**16),
+        "price": json_values | st.floats(min_value=-1e308, max_value=1e308),
+        "volume": json_values,
+    },
+)
+
+
+def check(key, value):
+    try:
+        tick = decode_tick(key, value)
+    except InvalidTick as exc:
+        assert exc.reason in REASONS
+        return
+    # Anything accepted satisfies the contract.
+    assert isinstance(tick.symbol, str) and 1 <= len(tick.symbol) <= codec.MAX_SYMBOL_CHARS
+    assert isinstance(tick.ts_ms, int) and 0 <= tick.ts_ms <= codec.MAX_TS_MS
+    assert math.isfinite(tick.price) and tick.price > 0
+    assert tick.volume is None or (math.isfinite(tick.volume) and tick.volume >= 0)
+    assert key is None or key == tick.symbol.encode()
+    tick.symbol.encode("utf-8")  # usable as a Kafka key and Redis field
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(key=st.none() | st.binary(max_size=16), value=st.none() | st.binary(max_size=256))
+def test_fuzz_random_bytes_only_raise_invalid_tick(key, value):
+    check(key, value)
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=tick_like, use_key=st.sampled_from(["none", "symbol", "other"]))
+def test_fuzz_tick_shaped_json_only_raises_invalid_tick(data, use_key):
+    value = json.dumps(data).encode()
+    symbol = data.get("symbol")
+    key = None
+    if use_key == "symbol" and isinstance(symbol, str):
+        key = symbol.encode("utf-8", "surrogatepass")
+    elif use_key == "other":
+        key = b"OTHER"
+    check(key, value)
+
+
+def test_reserved_symbols_cover_the_store_hash_fields():
+    store = pytest.importorskip("service.store")
+    assert store.RESERVED_FIELDS <= codec.RESERVED_SYMBOLS
