@@ -244,4 +244,5 @@ def test_fuzz_tick_shaped_json_only_raises_invalid_tick(data, use_key):
 
 def test_reserved_symbols_cover_the_store_hash_fields():
     store = pytest.importorskip("service.store")
-    assert store.RESERVED_FIELDS <= codec.RESERVED_SYMBOLS
+    fields = {f.decode() if isinstance(f, bytes) else f for f in store.RESERVED_FIELDS}
+    assert fields <= codec.RESERVED_SYMBOLS
