@@ -1,0 +1,248 @@
+"""Every Prometheus metric of the service, defined once, and the /metrics, /healthz, /readyz server.
+
+Names follow DESIGN.md (prefix `tickprop_`, base units, counters ending in
+`_total`); labels are bounded: outcomes, reason codes, model names, partitions.
+Tests pass a fresh `CollectorRegistry()` and read values with `get_sample_value`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from service.codec import REASONS
+
+OUTCOMES = ("processed", "invalid", "late")
+MODELS = ("ffbpn", "base_rate", "persistence", "reversal")
+DEPENDENCIES = ("kafka", "redis")
+SYMBOL_LIMIT_ACTIONS = ("refused", "evicted")
+
+# 10 µs .. 10 s: one backprop step is microseconds, a checkpoint or a stalled poll seconds.
+LATENCY_BUCKETS = (
+    1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3,
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+# 1 ms .. 1 day: live ticks lag milliseconds, replayed history lags days or years (+Inf).
+EVENT_LAG_BUCKETS = (
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0, 86400.0,
+)  # fmt: skip
+
+
+class Metrics:
+    """The service's metrics, registered in `registry` (a fresh one when None)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+
+        # --- DESIGN.md's fixed names ---------------------------------------------
+        self.ticks = Counter(
+            "tickprop_ticks_total", "Ticks read, by outcome (processed, invalid, late).",
+            ["outcome"], registry=r,
+        )  # fmt: skip
+        self.predictions = Counter(
+            "tickprop_predictions_total", "Predictions published.", registry=r
+        )
+        self.learn_steps = Counter(
+            "tickprop_learn_steps_total", "Backprop steps taken.", registry=r
+        )
+        self.refused_updates = Counter(
+            "tickprop_refused_updates_total",
+            "Backprop steps refused because a weight would have become non-finite.",
+            registry=r,
+        )
+        self.checkpoints = Counter(
+            "tickprop_checkpoints_total", "Checkpoints written to Redis.", registry=r
+        )
+        self.checkpoint_failures = Counter(
+            "tickprop_checkpoint_failures_total",
+            "Checkpoints that failed (Redis error or fenced off).",
+            registry=r,
+        )
+        self.checkpoint_seconds = Histogram(
+            "tickprop_checkpoint_seconds", "Time to write one checkpoint.",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.step_seconds = Histogram(
+            "tickprop_step_seconds", "One forward + backward pass + weight update.",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.process_seconds = Histogram(
+            "tickprop_process_seconds",
+            "Per tick, from poll to its prediction handed to the producer.",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.event_lag_seconds = Histogram(
+            "tickprop_event_lag_seconds", "Wall-clock now minus the tick's ts, at processing.",
+            buckets=EVENT_LAG_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.prequential_accuracy = Gauge(
+            "tickprop_prequential_accuracy",
+            "Rolling accuracy of scored predictions, by model (ffbpn and the baselines).",
+            ["model"], registry=r,
+        )  # fmt: skip
+        self.prequential_log_loss = Gauge(
+            "tickprop_prequential_log_loss",
+            "Rolling log loss of scored predictions, by model (NaN where a model has none).",
+            ["model"], registry=r,
+        )  # fmt: skip
+        self.consumer_lag = Gauge(
+            "tickprop_consumer_lag", "Records behind: end offset minus position, by partition.",
+            ["partition"], registry=r,
+        )  # fmt: skip
+        self.assigned_partitions = Gauge(
+            "tickprop_assigned_partitions", "Input partitions this worker owns.", registry=r
+        )
+        self.symbols = Gauge(
+            "tickprop_symbols", "Symbols whose state this worker holds.", registry=r
+        )
+
+        # --- extras ---------------------------------------------------------------
+        self.dlq = Counter(
+            "tickprop_dlq_total", "Records sent to the dead-letter topic, by reason code.",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        self.evicted_or_refused_symbols = Counter(
+            "tickprop_evicted_or_refused_symbols_total",
+            "Symbols evicted or refused because the worker holds max_symbols already.",
+            ["action"], registry=r,
+        )  # fmt: skip
+        self.fenced_checkpoints = Counter(
+            "tickprop_fenced_checkpoints_total",
+            "Checkpoints refused because another worker claimed the partition since.",
+            registry=r,
+        )
+        self.last_checkpoint_timestamp_seconds = Gauge(
+            "tickprop_last_checkpoint_timestamp_seconds",
+            "Unix time of the last successful checkpoint (0: none yet).",
+            registry=r,
+        )
+        self.ready = Gauge(
+            "tickprop_ready", "1 when the worker can make progress (Kafka and Redis reachable).",
+            registry=r,
+        )  # fmt: skip
+        self.dependency_up = Gauge(
+            "tickprop_dependency_up", "1 when the last call to the dependency succeeded.",
+            ["dependency"], registry=r,
+        )  # fmt: skip
+        self.dependency_errors = Counter(
+            "tickprop_dependency_errors_total",
+            "Failed calls to a dependency (each followed by a back-off and retry).",
+            ["dependency"], registry=r,
+        )  # fmt: skip
+        self.rebalances = Counter(
+            "tickprop_rebalances_total", "Partitions assigned to or revoked from this worker.",
+            ["event"], registry=r,
+        )  # fmt: skip
+
+        # Every bounded label value exists from start, so dashboards and rate() see 0s.
+        for outcome in OUTCOMES:
+            self.ticks.labels(outcome=outcome)
+        for model in MODELS:
+            self.prequential_accuracy.labels(model=model).set(float("nan"))
+            self.prequential_log_loss.labels(model=model).set(float("nan"))
+        for reason in REASONS:
+            self.dlq.labels(reason=reason)
+        for action in SYMBOL_LIMIT_ACTIONS:
+            self.evicted_or_refused_symbols.labels(action=action)
+        for dependency in DEPENDENCIES:
+            self.dependency_up.labels(dependency=dependency)
+            self.dependency_errors.labels(dependency=dependency)
+        for event in ("assigned", "revoked"):
+            self.rebalances.labels(event=event)
+
+    def exposition(self) -> bytes:
+        """The registry in Prometheus text format."""
+        return generate_latest(self.registry)
+
+
+class MetricsServer(ThreadingHTTPServer):
+    """HTTP server for /metrics, /healthz and /readyz; runs in a daemon thread."""
+
+    daemon_threads = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        metrics: Metrics,
+        ready: Callable[[], bool],
+        alive: Callable[[], bool],
+    ) -> None:
+        super().__init__(address, _Handler)
+        self.metrics = metrics
+        self.ready = ready
+        self.alive = alive
+        self.thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+        if self.thread is not None:
+            self.thread.join(timeout=5)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: MetricsServer
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._reply(200, self.server.metrics.exposition(), CONTENT_TYPE_LATEST)
+        elif path == "/healthz":
+            self._probe(self.server.alive, "alive", "not alive")
+        elif path == "/readyz":
+            self._probe(self.server.ready, "ready", "not ready")
+        else:
+            self._reply(404, b"not found: try /metrics, /healthz or /readyz\n")
+
+    def _probe(self, check: Callable[[], bool], yes: str, no: str) -> None:
+        try:
+            ok = bool(check())
+        except Exception:  # a probe that cannot answer is a failing probe
+            ok = False
+        self._reply(200 if ok else 503, f"{yes if ok else no}\n".encode())
+
+    def _reply(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # scrapes every few seconds would flood the service's own log
+
+
+def serve(
+    metrics: Metrics,
+    host: str,
+    port: int,
+    ready: Callable[[], bool],
+    alive: Callable[[], bool] = lambda: True,
+) -> MetricsServer:
+    """Start the metrics HTTP server in a daemon thread; port 0 picks a free port.
+
+    /metrics: Prometheus text; /healthz: 200 while `alive()` (the worker loop runs),
+    else 503; /readyz: 200 while `ready()`, else 503. Call `.stop()` to shut it down.
+    """
+    server = MetricsServer((host, port), metrics, ready, alive)
+    server.thread = threading.Thread(
+        target=server.serve_forever, name="tickprop-metrics", daemon=True
+    )
+    server.thread.start()
+    return server

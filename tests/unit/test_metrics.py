@@ -1,0 +1,110 @@
+import math
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.codec import REASONS
+from service.metrics import Metrics, serve
+
+DESIGN_NAMES = {
+    "tickprop_ticks": "counter",
+    "tickprop_predictions": "counter",
+    "tickprop_learn_steps": "counter",
+    "tickprop_refused_updates": "counter",
+    "tickprop_checkpoints": "counter",
+    "tickprop_checkpoint_failures": "counter",
+    "tickprop_checkpoint_seconds": "histogram",
+    "tickprop_step_seconds": "histogram",
+    "tickprop_process_seconds": "histogram",
+    "tickprop_event_lag_seconds": "histogram",
+    "tickprop_prequential_accuracy": "gauge",
+    "tickprop_prequential_log_loss": "gauge",
+    "tickprop_consumer_lag": "gauge",
+    "tickprop_assigned_partitions": "gauge",
+    "tickprop_symbols": "gauge",
+}
+
+
+@pytest.fixture
+def metrics():
+    return Metrics(CollectorRegistry())
+
+
+def test_every_design_metric_is_exposed_with_help_and_type(metrics):
+    families = {f.name: f for f in text_string_to_metric_families(metrics.exposition().decode())}
+    for name, kind in DESIGN_NAMES.items():
+        assert families[name].type == kind, name
+        assert families[name].documentation, name
+
+
+def test_design_label_values_exist_from_start(metrics):
+    r = metrics.registry
+    for outcome in ("processed", "invalid", "late"):
+        assert r.get_sample_value("tickprop_ticks_total", {"outcome": outcome}) == 0
+    for model in ("ffbpn", "base_rate", "persistence", "reversal"):
+        assert math.isnan(r.get_sample_value("tickprop_prequential_accuracy", {"model": model}))
+        assert math.isnan(r.get_sample_value("tickprop_prequential_log_loss", {"model": model}))
+    for reason in REASONS:
+        assert r.get_sample_value("tickprop_dlq_total", {"reason": reason}) == 0
+
+
+def test_counters_and_histograms_record(metrics):
+    r = metrics.registry
+    metrics.ticks.labels(outcome="processed").inc(3)
+    metrics.predictions.inc()
+    metrics.step_seconds.observe(40e-6)
+    metrics.consumer_lag.labels(partition="2").set(17)
+    assert r.get_sample_value("tickprop_ticks_total", {"outcome": "processed"}) == 3
+    assert r.get_sample_value("tickprop_predictions_total") == 1
+    assert r.get_sample_value("tickprop_step_seconds_count") == 1
+    assert r.get_sample_value("tickprop_step_seconds_bucket", {"le": "5e-05"}) == 1
+    assert r.get_sample_value("tickprop_step_seconds_bucket", {"le": "2.5e-05"}) == 0
+    assert r.get_sample_value("tickprop_consumer_lag", {"partition": "2"}) == 17
+
+
+def test_two_instances_do_not_collide():
+    Metrics(CollectorRegistry())
+    Metrics(CollectorRegistry())  # duplicate names would raise in a shared registry
+
+
+def get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_http_endpoints_answer_metrics_health_and_readiness(metrics):
+    state = {"ready": False, "alive": True}
+    server = serve(
+        metrics, "127.0.0.1", 0, ready=lambda: state["ready"], alive=lambda: state["alive"]
+    )
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        metrics.predictions.inc(5)
+        status, body = get(base + "/metrics")
+        assert status == 200 and b"tickprop_predictions_total 5.0" in body
+        assert get(base + "/healthz")[0] == 200
+        assert get(base + "/readyz")[0] == 503
+        state["ready"] = True
+        assert get(base + "/readyz")[0] == 200
+        state["alive"] = False
+        assert get(base + "/healthz")[0] == 503
+        assert get(base + "/nope")[0] == 404
+    finally:
+        server.stop()
+
+
+def test_a_probe_that_raises_reports_not_ready(metrics):
+    def broken():
+        raise RuntimeError("boom")
+
+    server = serve(metrics, "127.0.0.1", 0, ready=broken)
+    try:
+        assert get(f"http://127.0.0.1:{server.port}/readyz")[0] == 503
+    finally:
+        server.stop()
