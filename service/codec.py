@@ -42,9 +42,6 @@ DEFAULT_MAX_BYTES = 65536
 MAX_SYMBOL_CHARS = 64
 MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last instant datetime can hold
 MAX_DETAIL_BYTES = 512
-# Field names the Redis partition hash uses beside the symbols (service/store.py), so
-# no symbol may take them; a tick naming one is invalid everywhere (worker and backtest).
-RESERVED_SYMBOLS = frozenset({"offset", "epoch"})
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
@@ -138,8 +135,6 @@ def _symbol(value: Any) -> str:
         )
     if not value.isprintable() or value != value.strip():
         raise InvalidTick(BAD_SYMBOL, f"symbol {_clip(value)!r} has unprintable or outer space")
-    if value in RESERVED_SYMBOLS:
-        raise InvalidTick(BAD_SYMBOL, f"symbol {value!r} is reserved")
     return value
 
 
