@@ -1,6 +1,6 @@
 """The finite-difference check: backprop against central differences.
 
-Following cs231n's "Gradient Checks": float64, centred differences
+Following cs231n's "Gradient Checks": centred differences
 (f(w + eps) − f(w − eps)) / 2 eps, compared by relative error
 |g_bp − g_fd| / max(|g_bp|, |g_fd|, floor). The floor keeps gradients that are
 zero up to rounding (where any relative error is noise) from reporting failure;
@@ -8,6 +8,8 @@ it is 1e-8 by default — far below any gradient that matters.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -18,20 +20,54 @@ from model.network import Network
 def numerical_gradients(
     net: Network, x: ArrayLike, target: ArrayLike | float, eps: float = 1e-6
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """dL/dW and dL/db by central differences, perturbing each parameter in turn."""
+    """dL/dW and dL/db by central differences, perturbing each parameter in turn.
+
+    The loss is evaluated by an independent forward pass in extended precision
+    (np.longdouble: 64-bit mantissa on x86), so the subtraction f(w+eps) − f(w−eps)
+    does not drown small gradients in float64 rounding; where longdouble is plain
+    float64 the check still works, with the usual ~1e-10 absolute noise.
+    """
+    xl = np.asarray(x, dtype=np.longdouble)
+    tl = np.asarray(target, dtype=np.longdouble).reshape(-1)
+    params = [wb.astype(np.longdouble) for wb in net._wb]
     grads = []
-    for wb in net._wb:
-        g = np.zeros_like(wb)
+    for wb in params:
+        g = np.zeros(wb.shape)
         for idx in np.ndindex(*wb.shape):
             saved = wb[idx]
             wb[idx] = saved + eps
-            plus = net.loss_value(x, target)
+            plus = _loss_extended(net, params, xl, tl)
             wb[idx] = saved - eps
-            minus = net.loss_value(x, target)
+            minus = _loss_extended(net, params, xl, tl)
             wb[idx] = saved
-            g[idx] = (plus - minus) / (2 * eps)
+            g[idx] = float((plus - minus) / (2 * np.longdouble(eps)))
         grads.append((g[:-1], g[-1]))
     return grads
+
+
+_EXTENDED: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "sigmoid": lambda z: 1 / (1 + np.exp(-z)),
+    "tanh": np.tanh,
+    "relu": lambda z: np.maximum(z, 0),
+    "linear": lambda z: z,
+}
+
+
+def _loss_extended(
+    net: Network, params: list[np.ndarray], x: np.ndarray, t: np.ndarray
+) -> np.longdouble:
+    """The network's loss written afresh in np.longdouble (L2 term included)."""
+    a, z = x, x
+    for wb, act in zip(params, net.activations, strict=True):
+        z = a @ wb[:-1] + wb[-1]
+        a = _EXTENDED[act.name](z)
+    if net.loss.name == "log":  # softplus(z) − t z, from the logit
+        loss = np.sum(np.logaddexp(np.longdouble(0), z) - t * z)
+    else:
+        loss = np.sum((a - t) ** 2) / 2
+    if net.l2:
+        loss += net.l2 / 2 * sum(np.sum(wb[:-1] ** 2) for wb in params)
+    return np.longdouble(loss)
 
 
 def relative_error(a: np.ndarray, b: np.ndarray, floor: float = 1e-8) -> float:

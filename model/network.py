@@ -21,6 +21,8 @@ from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
+from scipy.linalg.blas import daxpy as _daxpy
+from scipy.linalg.blas import dger as _dger
 
 from model.activations import Activation, Array, get_activation
 from model.errors import RefusedUpdate
@@ -30,6 +32,8 @@ from model.losses import get_loss
 # step is applied in place; above it (a tiny share of real steps) the step is
 # computed aside and checked entry by entry. Far from float64's 1.8e308.
 _SAFE = 1e150
+# max |f'(z)| of each activation, for the step bounds.
+_FGRAD_MAX = {"sigmoid": 0.25, "tanh": 1.0, "relu": 1.0, "linear": 1.0}
 
 
 class Network:
@@ -125,6 +129,18 @@ class Network:
         self._step = [np.zeros_like(wb) for wb in self._wb]
         self._w_body = [wb[:-1] for wb in self._wb]
         self._target = np.zeros(sizes[-1])
+        self._in_shape = (sizes[0],)
+        self._scalar_out = sizes[-1] == 1
+        self._w_out = self._wb[-1][:, 0]  # the output unit's weights and bias, a view
+        self._w_out_body = self._w_out[:-1]
+        self._step_out = self._step[-1][:, 0]
+        self._wb_t0 = self._wb[0].T  # Fortran-ordered view for in-place BLAS dger
+        hidden = self.activations[0]
+        self._one_hidden_fast = (
+            len(sizes) == 3 and sizes[-1] == 1 and hidden.name in ("sigmoid", "tanh")
+        )
+        self._hidden_f, self._hidden_grad = hidden.f, hidden.grad
+        self._hidden_fgrad_max = _FGRAD_MAX[hidden.name]
         # An upper bound on max |wb| per layer, kept by adding each step's bound;
         # derived state, recomputed exactly whenever the slow path runs.
         self._bound = [float(np.abs(wb).max()) for wb in self._wb]
@@ -197,73 +213,202 @@ class Network:
     def learn_one(self, x: ArrayLike, target: ArrayLike | float) -> float:
         """One forward pass, one backward pass, one SGD step; returns the loss before the step.
 
-        Raises RefusedUpdate (weights and optimiser state untouched) when the step
-        would make any weight non-finite, or when x or the loss is not finite.
+        Raises RefusedUpdate (weights and optimiser state untouched, `refused_updates`
+        counted) when x, the loss or any updated weight would be non-finite.
         """
+        if self._one_hidden_fast and not (self.momentum or self.l2):
+            loss = self._learn_one_hidden(x, _scalar_target(target))
+        elif self._scalar_out and not (self.momentum or self.l2):
+            loss = self._learn_scalar_out(x, _scalar_target(target))
+        else:
+            loss, bounds = self._steps_general(x, target)
+            self._apply_steps(bounds)
+        self.steps += 1
+        return loss
+
+    def _steps_general(self, x: ArrayLike, target: ArrayLike | float) -> tuple[float, list[float]]:
+        """Forward, backward, and step[l] = outer(a[l], −lr·delta[l]) for any output width."""
         self._forward(x)
         t = self._set_target(target)
         loss = self._loss_value(t)
         if not math.isfinite(loss):
-            return self._refuse(f"loss is {loss}")
+            self._refuse(f"loss is {loss}")
         self._backward(t)
-        bounds = self._step_bounds() if self.momentum == 0.0 and self.l2 == 0.0 else None
-        if bounds is not None:
-            self._apply_in_place(bounds)
-        else:
-            self._apply_checked()
-        self.steps += 1
-        return loss
-
-    def _refuse(self, why: str) -> float:
-        self.refused_updates += 1
-        raise RefusedUpdate(f"update refused: {why}; weights unchanged")
-
-    def _step_bounds(self) -> list[float] | None:
-        """Bounds on max |step| per layer if they prove W + step finite, else None.
-
-        |step_ij| = lr·|a_i|·|delta_j| <= lr·‖a‖·‖delta‖; one dot product per vector.
-        A NaN anywhere makes a norm NaN and the comparison False.
-        """
-        lr = self.learning_rate
-        bounds = []
-        for bound, a, delta in zip(self._bound, self._a, self._delta, strict=True):
-            step = lr * math.sqrt(float(np.dot(a, a)) * float(np.dot(delta, delta)))
-            if not bound + step < _SAFE:
-                return None
-            bounds.append(step)
-        return bounds
-
-    def _apply_in_place(self, bounds: list[float]) -> None:
-        """SGD without momentum or L2: wb += outer(a, −lr·delta), in place."""
         neg_lr = -self.learning_rate
-        for l, (a_col, delta, wb, step) in enumerate(
-            zip(self._a_col, self._delta, self._wb, self._step, strict=True)
+        bounds = []
+        for a, a_col, delta, step in zip(
+            self._a, self._a_col, self._delta, self._step, strict=True
         ):
             np.multiply(delta, neg_lr, out=delta)
             np.multiply(a_col, delta, out=step)
-            np.add(wb, step, out=wb)
-            self._bound[l] += bounds[l]
+            # max |step| <= ‖a‖·‖delta‖; a NaN anywhere makes the bound NaN (unsafe).
+            bounds.append(math.sqrt(float(np.dot(a, a)) * float(np.dot(delta, delta))))
+        return loss, bounds
 
-    def _apply_checked(self) -> None:
-        """General step (momentum, L2), computed aside and committed only if all finite.
+    def _learn_one_hidden(self, x: ArrayLike, t: float) -> float:
+        """`_learn_scalar_out` written out for the common [n, h, 1] network (sigmoid/tanh
+        hidden layer, plain SGD): same float operations, no per-layer Python loops."""
+        x = x if isinstance(x, np.ndarray) else np.asarray(x, dtype=np.float64)
+        if x.shape != self._in_shape:
+            raise ValueError(f"x must have shape ({self.n_in},), got {x.shape}")
+        a0, h, g = self._a[0], self._a[1], self._delta[0]
+        np.copyto(self._a_body[0], x)
+        xx = float(np.dot(a0, a0))  # NaN or inf here means x is not finite
+        self._hidden_f(np.dot(a0, self._wb[0], out=self._z[0]), self._a_body[1])
+        y, delta, loss = self._scalar_loss(float(np.dot(h, self._w_out)), t)
+        if not (loss < math.inf and xx < math.inf):  # False for NaN too
+            self._refuse(f"loss is {loss}, |x|^2 is {xx}")
+        self._out[0] = y
+        self._hidden_grad(self._a_body[1], g)
+        np.multiply(g, self._w_out_body, out=g)
+        c = -self.learning_rate * delta
+        bound_hidden, bound_out = self._bound
+        step_out = abs(c)  # |h| <= 1
+        step_hidden = step_out * math.sqrt(xx) * self._hidden_fgrad_max * bound_out
+        if bound_hidden + step_hidden < _SAFE and bound_out + step_out < _SAFE:
+            _daxpy(h, self._w_out, a=c)
+            _dger(c, g, a0, a=self._wb_t0, overwrite_a=1)
+            self._bound[0] = bound_hidden + step_hidden
+            self._bound[1] = bound_out + step_out
+            return loss
+        self._checked_blas_update(c)
+        return loss
 
-        v <- momentum·v − lr·(grad + l2·W);  W <- W + v   (L2 on weights, not biases).
-        With momentum = l2 = 0 this is bit for bit the in-place step.
+    def _learn_scalar_out(self, x: ArrayLike, t: float) -> float:
+        """Plain SGD for a single output unit: the hot path of the service.
+
+        The output layer runs in scalar math and the hidden deltas are kept without
+        the output's delta, which is folded into one factor c = −lr·delta_L; each
+        layer's update is then one BLAS call (daxpy for the output column, dger for
+        a rank-1 hidden update), so a step costs about a dozen numpy calls in all.
         """
-        neg_lr, mu, l2 = -self.learning_rate, self.momentum, self.l2
-        new_wb, new_v = [], []
-        for a_col, delta, wb, v in zip(self._a_col, self._delta, self._wb, self._velocity, strict=True):
-            step = a_col * (delta * neg_lr)
-            if l2:
-                step[:-1] += (neg_lr * l2) * wb[:-1]
-            if mu:
-                step += mu * v
-            new_wb.append(wb + step)
-            new_v.append(step)
-        finite = all(np.isfinite(w).all() and np.isfinite(v).all() for w, v in zip(new_wb, new_v))
-        if not finite:
+        x = x if isinstance(x, np.ndarray) else np.asarray(x, dtype=np.float64)
+        if x.shape != self._in_shape:
+            raise ValueError(f"x must have shape ({self.n_in},), got {x.shape}")
+        a, a_body, wb, g = self._a, self._a_body, self._wb, self._delta
+        np.copyto(a_body[0], x)
+        xx = float(np.dot(a[0], a[0]))  # NaN or inf here means x is not finite
+        last = len(wb) - 1
+        for l in range(last):
+            self.activations[l].f(np.dot(a[l], wb[l], out=self._z[l]), a_body[l + 1])
+        y, delta, loss = self._scalar_loss(float(np.dot(a[last], self._w_out)), t)
+        if not (math.isfinite(loss) and math.isfinite(xx)):
+            self._refuse(f"loss is {loss}, |x|^2 is {xx}")
+        self._out[0] = y
+        if last:  # g[l] = dL/dz[l] / delta_L, from the top hidden layer down
+            self.activations[last - 1].grad(a_body[last], g[last - 1])
+            np.multiply(g[last - 1], self._w_out_body, out=g[last - 1])
+            for l in range(last - 1, 0, -1):
+                np.dot(self._w_body[l], g[l], out=g[l - 1])
+                np.multiply(
+                    g[l - 1],
+                    self.activations[l - 1].grad(a_body[l], self._fgrad[l - 1]),
+                    out=g[l - 1],
+                )
+        c = -self.learning_rate * delta
+        bounds = self._scalar_step_bounds(abs(c), math.sqrt(xx))
+        if all(b + s < _SAFE for b, s in zip(self._bound, bounds, strict=True)):
+            self._blas_update(c, [w.T for w in wb])
+            for l, b in enumerate(bounds):
+                self._bound[l] += b
+            return loss
+        self._checked_blas_update(c)
+        return loss
+
+    def _checked_blas_update(self, c: float) -> None:
+        """A step that might overflow: the same BLAS calls on copies, committed if all finite."""
+        wb = self._wb
+        trial = [w.copy() for w in wb]
+        self._blas_update(c, [w.T for w in trial])
+        if not all(np.isfinite(w).all() for w in trial):
             self._refuse("a weight would become non-finite")
-        for l, (wb, v, w1, v1) in enumerate(zip(self._wb, self._velocity, new_wb, new_v)):
+        for l, (w, w1) in enumerate(zip(wb, trial, strict=True)):
+            np.copyto(w, w1)
+            self._bound[l] = float(np.abs(w).max())
+
+    def _blas_update(self, c: float, wb_t: list[Array]) -> None:
+        """wb[l] += c · outer(a[l], g[l]) in place (wb_t[l] = wb[l].T, Fortran-ordered)."""
+        last = len(wb_t) - 1
+        w_out = wb_t[last][0]  # the output unit's weights and bias, contiguous
+        _daxpy(self._a[last], w_out, a=c)
+        for l in range(last):
+            _dger(c, self._delta[l], self._a[l], a=wb_t[l], overwrite_a=1)
+
+    def _scalar_step_bounds(self, abs_c: float, x_norm: float) -> list[float]:
+        """Bounds on max |step| per layer, from scalars only (no numpy calls).
+
+        |step_ij| <= |c|·max|a_i|·max|g_j|, with max|a| <= 1 after sigmoid/tanh and
+        max|g| propagated down through the weight bounds and max |f'|.
+        """
+        last = len(self._wb) - 1
+        acts, bound, sizes = self.activations, self._bound, self.sizes
+        a_max = [x_norm]  # max|a[0]| <= ‖x, 1‖
+        for l in range(1, last + 1):
+            if acts[l - 1].name in ("sigmoid", "tanh"):
+                a_max.append(1.0)
+            else:
+                a_max.append(max(1.0, (sizes[l - 1] + 1) * bound[l - 1] * a_max[l - 1]))
+        steps = [0.0] * (last + 1)
+        steps[last] = abs_c * a_max[last]
+        g_max = _FGRAD_MAX[acts[last - 1].name] * bound[last] if last else 0.0
+        for l in range(last - 1, -1, -1):
+            steps[l] = abs_c * a_max[l] * g_max
+            if l:
+                g_max = sizes[l + 1] * bound[l] * g_max * _FGRAD_MAX[acts[l - 1].name]
+        return steps
+
+    def _scalar_loss(self, z: float, t: float) -> tuple[float, float, float]:
+        """Output y, delta = dL/dz and loss for one output unit with pre-activation z."""
+        name = self.activations[-1].name
+        if name == "sigmoid":
+            e = math.exp(-abs(z))  # in (0, 1]: never overflows
+            y = 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
+            if self.loss.name == "log":  # softplus(z) − t·z, from the logit
+                return y, y - t, max(z, 0.0) + math.log1p(e) - t * z
+            return y, (y - t) * y * (1.0 - y), 0.5 * (y - t) ** 2
+        if name == "tanh":
+            y = math.tanh(z)
+            return y, (y - t) * (1.0 - y * y), 0.5 * (y - t) ** 2
+        if name == "relu":
+            y = max(z, 0.0)
+            return y, (y - t) if z > 0 else 0.0, 0.5 * (y - t) ** 2
+        return z, z - t, 0.5 * (z - t) ** 2
+
+    def _refuse(self, why: str) -> None:
+        self.refused_updates += 1
+        raise RefusedUpdate(f"update refused: {why}; weights unchanged")
+
+    def _apply_steps(self, bounds: list[float]) -> None:
+        """wb[l] += step[l] for every layer, in place when bounds prove every weight stays finite.
+
+        With momentum or L2 the step gains μ·v[l] and −lr·l2·W[l] (weights only, not
+        biases) and goes through the checked path, which commits only all-finite results.
+        The two paths do the same float operations, so they agree bit for bit.
+        """
+        mu, l2 = self.momentum, self.l2
+        if not (mu or l2) and all(b + s < _SAFE for b, s in zip(self._bound, bounds, strict=True)):
+            for l, (wb, step) in enumerate(zip(self._wb, self._step, strict=True)):
+                np.add(wb, step, out=wb)
+                self._bound[l] += bounds[l]
+            return
+        neg_lr_l2 = -self.learning_rate * l2
+        new_wb, new_v = [], []
+        for wb, step, v in zip(self._wb, self._step, self._velocity, strict=True):
+            s = step.copy()
+            if l2:
+                s[:-1] += neg_lr_l2 * wb[:-1]
+            if mu:
+                s += mu * v
+            new_wb.append(wb + s)
+            new_v.append(s)
+        if not all(
+            np.isfinite(w).all() and np.isfinite(v).all()
+            for w, v in zip(new_wb, new_v, strict=True)
+        ):
+            self._refuse("a weight would become non-finite")
+        for l, (wb, v, w1, v1) in enumerate(
+            zip(self._wb, self._velocity, new_wb, new_v, strict=True)
+        ):
             np.copyto(wb, w1)
             if mu:
                 np.copyto(v, v1)
@@ -282,6 +427,15 @@ class Network:
         from model.serialization import network_from_bytes
 
         return network_from_bytes(blob)
+
+
+def _scalar_target(target: ArrayLike | float) -> float:
+    if isinstance(target, int | float):
+        return float(target)
+    t = np.asarray(target, dtype=np.float64).reshape(-1)
+    if t.shape != (1,):
+        raise ValueError(f"target must have 1 value, got shape {t.shape}")
+    return float(t[0])
 
 
 def _check_hyper(learning_rate: float, momentum: float, l2: float) -> None:

@@ -142,7 +142,11 @@ def _parse_header(raw: bytes) -> dict[str, Any]:
         raise FormatError(f"optimizer must be an 'sgd' object, got {opt!r}")
     for key in ("learning_rate", "momentum", "l2"):
         value = opt.get(key)
-        if type(value) not in (int, float) or not math.isfinite(value):
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+        ):
             raise FormatError(f"optimizer.{key} must be a finite number, got {value!r}")
     for key in ("steps", "refused_updates"):
         value = header.get(key)
