@@ -64,8 +64,8 @@ def test_dashboard_provider_loads_the_mounted_folder() -> None:
 @pytest.mark.parametrize(
     "needed",
     [
-        "tickprop_ticks_total",  # ticks/s by outcome, DLQ rate
-        'outcome=~"invalid|late"',
+        "sum by (outcome) (rate(tickprop_ticks_total",
+        "sum by (reason) (rate(tickprop_dlq_total",
         "tickprop_prequential_accuracy",
         "tickprop_prequential_log_loss",
         "histogram_quantile(0.5, sum by (le) (rate(tickprop_step_seconds_bucket",
@@ -76,6 +76,7 @@ def test_dashboard_provider_loads_the_mounted_folder() -> None:
         "max by (partition) (tickprop_consumer_lag",
         "tickprop_checkpoints_total",
         "tickprop_checkpoint_failures_total",
+        "time() - (tickprop_last_checkpoint_timestamp_seconds",
         "tickprop_checkpoint_seconds_bucket",
         "tickprop_refused_updates_total",
         "tickprop_assigned_partitions",
