@@ -1,0 +1,194 @@
+"""Windowed tick features, updated in O(1) per tick, free of the price's scale.
+
+Real trade ticks are mostly repeats: on the E-mini future 94% of trades print
+the last price again, and many share a millisecond. A window of the last N
+*prices* would be mostly zeros, so the features look at the last N *non-zero
+moves* instead, plus how long the current price level has lasted.
+
+Every move is the log return r = ln(p_t / p_{t-1}) of a price change, divided
+by a running volatility σ (the root of an EWMA of r² over past moves, taken
+*before* this move is folded in) and clipped to ±4: a "scaled move" z. Hence the
+features are the same numbers for a $4 stock and a 1,640-point index, for ticks
+and for daily closes. The input vector x (shape `(n_features,)`) is:
+
+- `move_1..move_k` (k = min(4, window)): z of the last k moves, newest first —
+  the recent path: bid-ask bounce, short runs.
+- `trend`: Σ z over the last `window` moves / √window, clipped ±4 — drift over
+  the whole window.
+- `bounce`: s / (1 + run), where s is the sign of the last move and run the
+  ticks traded at this price since it — a fresh move on a tick stream tends to
+  bounce back (the trade hit the other side of the book), a stale one less.
+- `fresh`: s · exp(−run / (1 + mean run)) — the same idea measured against the
+  symbol's usual run length, so it adapts to busy and quiet sessions.
+- `stale`: ln(1 + run) − ln(1 + mean run), clipped ±4 — how long this level has
+  held, against the symbol's usual.
+- `signed_stale`: s · stale — "old level" with the move's direction, usable by
+  a single unit.
+- `signed_prev_stale`: s · (ln(1 + previous run) − ln(1 + mean run)), clipped
+  ±4 — a move out of a long-held level is a break, out of a short one a flicker.
+
+On daily closes every tick is a move (run = 0), so the `stale` features fade to 0
+and `bounce` and `fresh` are the last move's sign: nothing there claims a pattern that the
+data does not show. Features are *ready* once `window` moves have been seen.
+
+The state is a handful of floats and the ring of the last `window` scaled
+moves; `state_arrays()` / `load_state_arrays()` expose all of it, so a learner
+can serialise it exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from model.activations import Array
+
+CLIP = 4.0
+MAX_RECENT = 4
+FEATURE_NAMES_TAIL = (
+    "trend",
+    "bounce",
+    "fresh",
+    "stale",
+    "signed_stale",
+    "signed_prev_stale",
+)
+
+
+def n_features(window: int) -> int:
+    """Length of the feature vector for a window of `window` moves."""
+    return min(MAX_RECENT, window) + len(FEATURE_NAMES_TAIL)
+
+
+def feature_names(window: int) -> list[str]:
+    """Names of the inputs, in order (for docs, plots and debugging)."""
+    return [f"move_{i + 1}" for i in range(min(MAX_RECENT, window))] + list(FEATURE_NAMES_TAIL)
+
+
+def _clip(v: float) -> float:
+    return CLIP if v > CLIP else -CLIP if v < -CLIP else v
+
+
+class TickFeatures:
+    """One symbol's feature state; `update(price)` per tick, `write(x)` when `ready`."""
+
+    # Scalars of the state, in the order `state_arrays` stores them.
+    _SCALARS = (
+        "last_price",
+        "var",
+        "mean_run",
+        "trend_sum",
+        "n_moves",
+        "run",
+        "prev_run",
+        "pos",
+        "last_sign",
+    )
+
+    def __init__(self, window: int) -> None:
+        if window < 2:
+            raise ValueError(f"window must be >= 2 moves, got {window}")
+        self.window = window
+        self.k = min(MAX_RECENT, window)
+        self.n_features = n_features(window)
+        # EWMA weight of volatility and mean run length: a span of 4 windows, so σ
+        # follows regime changes but one move never dominates it.
+        self.alpha = 2.0 / (4 * window + 1)
+        self._norm = 1.0 / math.sqrt(window)
+        self.moves = np.zeros(window)  # ring of scaled moves; moves[pos] is the newest
+        self.last_price = 0.0  # 0 = no tick yet (a valid price is > 0)
+        self.var = 0.0  # EWMA of r² over moves; 0 until the first move
+        self.mean_run = 1.0  # EWMA of the run lengths that ended in a move
+        self.trend_sum = 0.0  # Σ moves, kept incrementally
+        self.n_moves = 0
+        self.run = 0  # ticks at the current price since the last move
+        self.prev_run = 0  # run length of the previous level
+        self.pos = window - 1
+        self.last_sign = 0.0  # sign of the last move: +1, -1, or 0 before the first
+
+    @property
+    def ready(self) -> bool:
+        """True once a full window of moves has been seen."""
+        return self.n_moves >= self.window
+
+    def update(self, price: float) -> None:
+        """Fold one tick's price (finite, > 0) into the state, O(1)."""
+        last = self.last_price
+        if last == 0.0:
+            self.last_price = price
+            return
+        if price == last:
+            self.run += 1
+            return
+        r = math.log(price / last)
+        var = self.var
+        if var > 0.0:
+            z = _clip(r / math.sqrt(var))
+            self.var = var + self.alpha * (r * r - var)
+        else:  # the first move defines the scale
+            z = 1.0 if r > 0 else -1.0
+            self.var = r * r
+        pos = self.pos + 1
+        if pos == self.window:
+            pos = 0
+        self.pos = pos
+        moves = self.moves
+        self.trend_sum += z - float(moves[pos])
+        moves[pos] = z
+        self.n_moves += 1
+        self.mean_run += self.alpha * (self.run - self.mean_run)
+        self.prev_run = self.run
+        self.run = 0
+        self.last_sign = 1.0 if r > 0 else -1.0
+        self.last_price = price
+
+    def write(self, x: Array) -> None:
+        """Fill x (shape `(n_features,)`) with the current features."""
+        moves, pos, w = self.moves, self.pos, self.window
+        for i in range(self.k):
+            j = pos - i
+            x[i] = moves[j if j >= 0 else j + w]
+        k = self.k
+        s = self.last_sign
+        log_mean = math.log1p(self.mean_run)
+        stale = _clip(math.log1p(self.run) - log_mean)
+        x[k] = _clip(self.trend_sum * self._norm)
+        x[k + 1] = s / (1 + self.run)
+        x[k + 2] = s * math.exp(-self.run / (1.0 + self.mean_run))
+        x[k + 3] = stale
+        x[k + 4] = s * stale
+        x[k + 5] = s * _clip(math.log1p(self.prev_run) - log_mean)
+
+    # --------------------------------------------------------------- state
+    def state_arrays(self) -> tuple[Array, Array]:
+        """(scalars, moves): the whole state as two float64 arrays (integers are exact)."""
+        scalars = np.array([float(getattr(self, name)) for name in self._SCALARS])
+        return scalars, self.moves.copy()
+
+    def load_state_arrays(self, scalars: Array, moves: Array) -> None:
+        """Restore what `state_arrays` returned; ValueError on wrong shapes or values."""
+        if scalars.shape != (len(self._SCALARS),) or moves.shape != (self.window,):
+            raise ValueError(
+                f"feature state: expected scalars ({len(self._SCALARS)},) and moves "
+                f"({self.window},), got {scalars.shape} and {moves.shape}"
+            )
+        if not (np.isfinite(scalars).all() and np.isfinite(moves).all()):
+            raise ValueError("feature state holds non-finite values")
+        values = dict(zip(self._SCALARS, scalars.tolist(), strict=True))
+        for name in ("n_moves", "run", "prev_run", "pos"):
+            v = values[name]
+            if v != int(v) or v < 0:
+                raise ValueError(f"feature state: {name} must be a count, got {v}")
+        if not 0 <= values["pos"] < self.window or values["last_price"] < 0:
+            raise ValueError("feature state: position or last price out of range")
+        self.last_price = values["last_price"]
+        self.var = values["var"]
+        self.mean_run = values["mean_run"]
+        self.trend_sum = values["trend_sum"]
+        self.n_moves = int(values["n_moves"])
+        self.run = int(values["run"])
+        self.prev_run = int(values["prev_run"])
+        self.pos = int(values["pos"])
+        self.last_sign = values["last_sign"]
+        np.copyto(self.moves, moves)
