@@ -231,8 +231,9 @@ class Network:
         self._forward(x)
         t = self._set_target(target)
         loss = self._loss_value(t)
-        if not math.isfinite(loss):
-            self._refuse(f"loss is {loss}")
+        xx = float(np.dot(self._a[0], self._a[0]))
+        if not (math.isfinite(loss) and math.isfinite(xx)):
+            self._refuse(f"loss is {loss}, |x|^2 is {xx}")
         self._backward(t)
         neg_lr = -self.learning_rate
         bounds = []
