@@ -1,0 +1,145 @@
+"""Run the streaming worker: consume ticks, learn online, publish predictions, keep state in Redis.
+
+Configured by TICKPROP_* environment variables (see README). At start-up it checks Redis,
+creates missing topics, serves /metrics, /healthz and /readyz on TICKPROP_METRICS_PORT and
+joins the consumer group TICKPROP_GROUP_ID. SIGTERM or SIGINT: finish the batch, checkpoint,
+commit, leave the group and exit 0. Exit 2 on a bad setting, 1 when Redis or Kafka stay
+unreachable at start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+log = logging.getLogger("tickprop.main")
+
+T = TypeVar("T")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-idle-seconds",
+        type=float,
+        default=None,
+        metavar="S",
+        help="exit 0 once every assigned partition is drained and nothing arrived for S "
+        "seconds (for demos and tests; default: run until SIGTERM)",
+    )
+    parser.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="keep retrying Redis and Kafka at start-up for S seconds before exiting 1 "
+        "(default: %(default)s)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from service import logs
+    from service.settings import ConfigError, load_settings
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"tickprop worker: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level)
+    log.info("starting", extra={"event": "starting", "settings": settings.redacted_dump()})
+    try:
+        return _serve(settings, args.max_idle_seconds, args.startup_timeout)
+    except StartupError as exc:
+        log.error(str(exc), extra={"event": "startup_failed"})
+        return 1
+
+
+class StartupError(Exception):
+    """A dependency stayed unreachable for the whole start-up timeout."""
+
+
+def _serve(settings: Any, max_idle_seconds: float | None, startup_timeout: float) -> int:
+    import redis
+    from kafka import KafkaConsumer, KafkaProducer
+
+    from service.metrics import Metrics, serve
+    from service.store import Store
+    from service.topics import create_topics
+    from service.worker import Worker
+
+    deadline = time.monotonic() + startup_timeout
+    client = redis.Redis.from_url(settings.redis_url, **settings.redis_client_kwargs())
+    store = Store(client, settings.group_id)
+    _retry("redis", store.ping, deadline)
+    topics = [settings.ticks_topic, settings.predictions_topic, settings.dlq_topic]
+    kafka_kwargs = settings.kafka_client_kwargs()
+    _retry(
+        "kafka",
+        lambda: create_topics(
+            kafka_kwargs["bootstrap_servers"],
+            topics,
+            partitions=settings.topic_partitions,
+            replication_factor=settings.replication_factor,
+            **kafka_kwargs,
+        ),
+        deadline,
+    )
+    consumer = KafkaConsumer(**settings.kafka_consumer_kwargs())
+    producer = KafkaProducer(**kafka_kwargs, acks="all", linger_ms=2, max_block_ms=10_000)
+    metrics = Metrics()
+    worker = Worker(settings, consumer, producer, store, metrics)
+    server = serve(
+        metrics, settings.metrics_host, settings.metrics_port, ready=lambda: worker.ready
+    )
+    log.info(
+        "metrics at http://%s:%d/metrics",
+        settings.metrics_host,
+        server.port,
+        extra={"event": "metrics_server", "port": server.port},
+    )
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("signal received, stopping", extra={"event": "signal", "signal": signum})
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        return worker.run(max_idle_seconds=max_idle_seconds)
+    finally:
+        producer.close(timeout=10)
+        server.stop()
+        client.close()
+
+
+def _retry(name: str, call: Callable[[], T], deadline: float) -> T:
+    """`call()` until it succeeds, backing off and logging, or StartupError after `deadline`."""
+    from kafka.errors import KafkaError
+
+    from service.store import StoreError
+
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return call()
+        except (KafkaError, StoreError, OSError) as exc:  # unreachable or not ready yet
+            delay = min(5.0, 0.25 * 2**attempt)
+            if time.monotonic() + delay > deadline:
+                raise StartupError(f"{name} unreachable at start-up: {exc}") from exc
+            log.warning(
+                f"{name} not reachable yet, retrying",
+                extra={"event": "startup_retry", "dependency": name, "err": str(exc)},
+            )
+            time.sleep(delay)
+
+
+if __name__ == "__main__":  # `python -m service.main`, the same as `tickprop worker`
+    _parser = argparse.ArgumentParser(prog="tickprop worker", description=__doc__)
+    add_arguments(_parser)
+    sys.exit(run(_parser.parse_args()))

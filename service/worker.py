@@ -1,0 +1,623 @@
+"""The streaming worker: poll ticks, decode, learn, publish predictions, checkpoint to Redis.
+
+Exactly-once state rests on three rules:
+
+1. A partition's state (every symbol's learner) and the next offset to read are written to
+   Redis together, in one fenced Lua script (`Store.checkpoint`), and on assignment the
+   worker loads them and seeks to that offset. Records after the last checkpoint are simply
+   processed again after a crash — from the same state, so with the same result.
+2. Outputs are flushed before the checkpoint that moves past them (at-least-once output);
+   a re-sent prediction is identical to the first because it is computed from the same state.
+3. Nothing advances without persistence: a partition whose checkpoint fails is paused (and
+   re-read from its last good checkpoint if an output was lost) until Redis and Kafka answer.
+
+Collaborators (consumer, producer, store, metrics, clock) are passed in; `service.main`
+builds the real ones.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
+from kafka.errors import KafkaError
+
+from model.learner import LearnerConfig, OnlineLearner, Score
+from service import codec
+from service.store import Fenced, OffsetWentBackwards, Store, StoreError, StoreUnavailable
+
+if TYPE_CHECKING:
+    from service.metrics import Metrics
+    from service.settings import Settings
+
+log = logging.getLogger("tickprop.worker")
+
+TOO_MANY_SYMBOLS = "too_many_symbols"
+MODELS = ("ffbpn", "base_rate", "persistence", "reversal")
+PROBABILISTIC = ("ffbpn", "base_rate")
+MAX_BACKOFF_SECONDS = 5.0
+FLUSH_TIMEOUT_SECONDS = 10.0
+
+
+class Clock(Protocol):
+    def time(self) -> float: ...
+    def monotonic(self) -> float: ...
+    def perf_counter(self) -> float: ...
+    def sleep(self, seconds: float, /) -> None: ...
+
+
+class Status(enum.Enum):
+    ACTIVE = "active"  # state loaded, records processed
+    NEEDS_CLAIM = "needs_claim"  # no state in memory; paused until a claim succeeds
+    CHECKPOINT_FAILING = "checkpoint_failing"  # state good but not persisted; paused
+    FENCED = "fenced"  # another worker claimed it; paused, state dropped
+
+
+@dataclass
+class Partition:
+    """What this worker holds for one assigned input partition."""
+
+    tp: TopicPartition
+    status: Status = Status.NEEDS_CLAIM
+    epoch: int = 0
+    learners: dict[str, OnlineLearner] = field(default_factory=dict)
+    next_offset: int | None = None  # None: nothing read yet and no checkpoint
+    dirty: set[str] = field(default_factory=set)
+    ticks_since_checkpoint: int = 0
+    last_checkpoint_at: float = 0.0
+    failures: int = 0
+    retry_at: float = 0.0
+    send_failed: bool = False
+
+    def reset(self, status: Status) -> None:
+        """Drop the in-memory state; it will be re-read from Redis."""
+        self.status = status
+        self.learners.clear()
+        self.dirty.clear()
+        self.next_offset = None
+        self.ticks_since_checkpoint = 0
+        self.send_failed = False
+
+
+class RollingScores:
+    """Prequential accuracy and log loss of each model over the last `size` scored predictions.
+
+    Sums are kept incrementally (O(1) per score); the float sums are recomputed from the
+    window every `size` scores so rounding cannot drift.
+    """
+
+    def __init__(self, size: int = 1000) -> None:
+        self.size = size
+        self.window: deque[tuple[dict[str, int], dict[str, float]]] = deque()
+        self.hits = dict.fromkeys(MODELS, 0)
+        self.losses = dict.fromkeys(PROBABILISTIC, 0.0)
+        self._since_resum = 0
+
+    def add(self, score: Score) -> None:
+        hits = {m: int(score.direction[m] == score.label) for m in MODELS}
+        losses = {m: _log_loss(score.p_up[m], score.label) for m in PROBABILISTIC}
+        self.window.append((hits, losses))
+        for m in MODELS:
+            self.hits[m] += hits[m]
+        for m in PROBABILISTIC:
+            self.losses[m] += losses[m]
+        if len(self.window) > self.size:
+            old_hits, old_losses = self.window.popleft()
+            for m in MODELS:
+                self.hits[m] -= old_hits[m]
+            for m in PROBABILISTIC:
+                self.losses[m] -= old_losses[m]
+        self._since_resum += 1
+        if self._since_resum >= self.size:
+            self._since_resum = 0
+            for m in PROBABILISTIC:
+                self.losses[m] = math.fsum(entry[1][m] for entry in self.window)
+
+    def accuracy(self, model: str) -> float | None:
+        return self.hits[model] / len(self.window) if self.window else None
+
+    def log_loss(self, model: str) -> float | None:
+        return self.losses[model] / len(self.window) if self.window else None
+
+
+def _log_loss(p_up: float, label: int) -> float:
+    p = min(max(p_up, 1e-15), 1.0 - 1e-15)
+    return -math.log(p if label == 1 else 1.0 - p)
+
+
+class _Listener(ConsumerRebalanceListener):
+    """Runs on kafka-python's IO thread while the main thread waits inside poll()."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        self.worker.release(revoked, commit=True)
+
+    def on_partitions_lost(self, lost: Sequence[TopicPartition]) -> None:
+        self.worker.release(lost, commit=False)
+
+    def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        self.worker.assign(assigned)
+
+
+class Worker:
+    """The consume → decode → learn → publish → checkpoint loop over one consumer."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        consumer: Any,
+        producer: Any,
+        store: Store,
+        metrics: Metrics,
+        clock: Clock = time,
+        learner_config: LearnerConfig | None = None,
+        score_window: int = 1000,
+        poll_timeout_ms: int = 200,
+    ) -> None:
+        self.settings = settings
+        self.consumer = consumer
+        self.producer = producer
+        self.store = store
+        self.metrics = metrics
+        self.clock = clock
+        self.config = learner_config or settings.learner_config()
+        self.rolling = RollingScores(score_window)
+        self.poll_timeout_ms = poll_timeout_ms
+        self.partitions: dict[TopicPartition, Partition] = {}
+        self._running = False
+        self._joined = False  # the group assigned us partitions (possibly none) at least once
+        self._stopping = False
+        self._poll_failures = 0
+        self._lock = threading.RLock()
+        self._last_record_at = clock.monotonic()
+        self._gauges_at = -math.inf
+
+    @property
+    def ready(self) -> bool:
+        """Polling Kafka fine and every assigned partition claimed and persisting."""
+        return self._running and self._poll_failures == 0 and self._all_active()
+
+    # ------------------------------------------------------------------ life cycle
+    def stop(self) -> None:
+        """Ask the loop to finish its batch, checkpoint, commit and return (signal-safe)."""
+        self._stopping = True
+
+    def run(self, max_idle_seconds: float | None = None) -> int:
+        """Consume until stop() (or idle for `max_idle_seconds` once drained); exit code."""
+        self.consumer.subscribe([self.settings.ticks_topic], listener=_Listener(self))
+        self._running = True
+        log.info("worker started", extra={"event": "started", "topic": self.settings.ticks_topic})
+        while not self._stopping:
+            self.step()
+            if max_idle_seconds is not None and self._idle_for(max_idle_seconds):
+                log.info("drained and idle, stopping", extra={"event": "idle_exit"})
+                break
+        return self.shutdown()
+
+    def step(self) -> None:
+        """One poll, its records, due checkpoints, retries and gauges."""
+        self._retry_paused()
+        try:
+            batch = self.consumer.poll(timeout_ms=self.poll_timeout_ms)
+        except KafkaError as exc:
+            self._poll_failures += 1
+            self.metrics.dependency_errors.labels(dependency="kafka").inc()
+            self.metrics.dependency_up.labels(dependency="kafka").set(0)
+            delay = _backoff(self._poll_failures)
+            log.error(
+                "kafka poll failed, retrying",
+                extra={"event": "poll_failed", "error": repr(exc), "retry_in": delay},
+            )
+            self.clock.sleep(delay)
+            return
+        if self._poll_failures:
+            log.info("kafka poll recovered", extra={"event": "poll_recovered"})
+        self._poll_failures = 0
+        self.metrics.dependency_up.labels(dependency="kafka").set(1)
+        polled_at = self.clock.perf_counter()
+        with self._lock:
+            for tp, records in batch.items():
+                self._process_records(tp, records, polled_at)
+            self._checkpoint_due()
+            self._update_gauges()
+
+    def shutdown(self) -> int:
+        """Checkpoint every partition, commit, close the consumer (leaves the group)."""
+        ok = True
+        offsets = {}
+        with self._lock:
+            for tp, part in list(self.partitions.items()):
+                if part.status in (Status.ACTIVE, Status.CHECKPOINT_FAILING):
+                    persisted = self._checkpoint(part, commit=False)
+                    ok = ok and persisted
+                    if persisted and part.next_offset is not None:
+                        offsets[tp] = OffsetAndMetadata(part.next_offset, "", -1)
+            self.partitions.clear()
+            self._running = False
+            self._update_gauges(force=True)
+        try:
+            if offsets:
+                self.consumer.commit(offsets)
+        except KafkaError as exc:
+            log.warning("kafka commit failed", extra={"event": "commit_failed", "error": repr(exc)})
+        try:
+            self.consumer.close()
+        except KafkaError as exc:
+            log.warning(
+                "consumer close failed", extra={"event": "close_failed", "error": repr(exc)}
+            )
+        try:
+            self.producer.flush(timeout=FLUSH_TIMEOUT_SECONDS)
+        except KafkaError as exc:
+            log.warning(
+                "producer flush failed", extra={"event": "flush_failed", "error": repr(exc)}
+            )
+        log.info("worker stopped", extra={"event": "stopped", "final_checkpoints_ok": ok})
+        return 0 if ok else 1
+
+    # ------------------------------------------------------------------ rebalances
+    def assign(self, tps: Iterable[TopicPartition]) -> None:
+        """Claim each newly assigned partition in Redis, restore its learners and seek."""
+        with self._lock:
+            self._joined = True
+            for tp in tps:
+                self.metrics.rebalances.labels(event="assigned").inc()
+                part = self.partitions.setdefault(tp, Partition(tp))
+                self._claim(part)
+            self._update_gauges(force=True)
+
+    def release(self, tps: Iterable[TopicPartition], commit: bool) -> None:
+        """Checkpoint partitions we are giving up (fenced if already lost), then forget them."""
+        with self._lock:
+            for tp in tps:
+                part = self.partitions.pop(tp, None)
+                if part is None:
+                    continue
+                self.metrics.rebalances.labels(event="revoked").inc()
+                if part.status in (Status.ACTIVE, Status.CHECKPOINT_FAILING):
+                    self._checkpoint(part, commit=commit)
+                log.info(
+                    "partition released",
+                    extra={
+                        "event": "released",
+                        "partition": tp.partition,
+                        "status": part.status.value,
+                    },
+                )
+            self._update_gauges(force=True)
+
+    def _claim(self, part: Partition) -> None:
+        tp = part.tp
+        try:
+            state = self.store.claim(tp.topic, tp.partition)
+            learners = self._restore(state.blobs)
+        except (StoreError, ValueError) as exc:
+            part.reset(Status.NEEDS_CLAIM)
+            self._pause(part, exc, "claim_failed")
+            return
+        part.reset(Status.ACTIVE)
+        part.epoch = state.epoch
+        part.learners = learners
+        part.next_offset = state.offset
+        part.failures = 0
+        part.last_checkpoint_at = self.clock.monotonic()
+        if state.offset is None:
+            self.consumer.seek(tp, 0)  # out of range (retention) resets to earliest
+        else:
+            self.consumer.seek(tp, state.offset)
+        self.consumer.resume(tp)
+        log.info(
+            "partition claimed",
+            extra={
+                "event": "claimed",
+                "partition": tp.partition,
+                "epoch": state.epoch,
+                "offset": state.offset,
+                "symbols": len(learners),
+            },
+        )
+
+    def _restore(self, blobs: Mapping[str, bytes]) -> dict[str, OnlineLearner]:
+        learners = {}
+        for symbol, blob in blobs.items():
+            try:
+                learners[symbol] = OnlineLearner.from_bytes(blob, self.config)
+            except ValueError as exc:
+                raise ValueError(f"stored state of symbol {symbol!r} is unreadable: {exc}") from exc
+        return learners
+
+    # ------------------------------------------------------------------ records
+    def _process_records(
+        self, tp: TopicPartition, records: Sequence[Any], polled_at: float
+    ) -> None:
+        part = self.partitions.get(tp)
+        if part is None or part.status is not Status.ACTIVE:
+            return  # revoked, fenced or paused meanwhile; its position was reset by seek
+        for record in records:
+            if part.next_offset is not None and record.offset < part.next_offset:
+                continue  # already applied (a fetch from before a seek)
+            if self._checkpoint_is_due(part) and not self._checkpoint(part):
+                return  # paused: the rest is read again after the retry
+            if part.status is not Status.ACTIVE:
+                return
+            self._process(part, record, polled_at)
+            part.next_offset = record.offset + 1
+            part.ticks_since_checkpoint += 1
+            self._last_record_at = self.clock.monotonic()
+
+    def _process(self, part: Partition, record: Any, polled_at: float) -> None:
+        metrics = self.metrics
+        key: bytes | None = record.key
+        value: bytes | None = record.value
+        limit = self.settings.max_message_bytes
+        try:
+            if key is not None and len(key) > limit:
+                raise codec.InvalidTick(codec.TOO_LARGE, f"key is {len(key)} bytes, limit {limit}")
+            tick = codec.decode_tick(key, value, max_bytes=limit)
+        except codec.InvalidTick as exc:
+            metrics.ticks.labels(outcome="invalid").inc()
+            self._dead_letter(part, record, exc.reason, exc.detail)
+            return
+        learner = part.learners.get(tick.symbol)
+        if learner is None:
+            limit = self.settings.max_symbols
+            if self._symbol_count() >= limit:
+                metrics.evicted_or_refused_symbols.labels(action="refused").inc()
+                detail = f"worker holds {self._symbol_count()} symbols, max_symbols is {limit}"
+                self._dead_letter(part, record, TOO_MANY_SYMBOLS, detail)
+                return
+            learner = part.learners[tick.symbol] = OnlineLearner(tick.symbol, self.config)
+        if learner.is_late(tick.ts_ms):
+            metrics.ticks.labels(outcome="late").inc()
+            self._dead_letter(
+                part, record, codec.LATE, f"ts {tick.ts_ms} is older than the symbol's last tick"
+            )
+            return
+        result = learner.on_tick(tick.ts_ms, tick.price)
+        part.dirty.add(tick.symbol)
+        p = result.prediction
+        tp = part.tp
+        value_out = codec.encode_prediction(
+            id=f"{tp.topic}/{tp.partition}/{record.offset}",
+            symbol=tick.symbol,
+            ts=tick.ts_ms,
+            horizon=p.horizon,
+            p_up=p.p_up,
+            direction=p.direction,
+            model_version=p.model_version,
+            features_ready=p.features_ready,
+        )
+        self._send(part, self.settings.predictions_topic, tick.symbol.encode(), value_out, None)
+        metrics.process_seconds.observe(self.clock.perf_counter() - polled_at)
+        metrics.ticks.labels(outcome="processed").inc()
+        metrics.predictions.inc()
+        if result.steps:
+            metrics.learn_steps.inc(result.steps)
+        if result.refused:
+            metrics.refused_updates.inc(result.refused)
+        for seconds in result.step_seconds:
+            metrics.step_seconds.observe(seconds)
+        metrics.event_lag_seconds.observe(max(0.0, self.clock.time() - tick.ts_ms / 1000.0))
+        for score in result.scores:
+            self.rolling.add(score)
+
+    def _dead_letter(self, part: Partition, record: Any, reason: str, detail: str) -> None:
+        tp = part.tp
+        headers = list(record.headers or []) + codec.dlq_headers(
+            reason, detail, tp.topic, tp.partition, record.offset
+        )
+        self._send(part, self.settings.dlq_topic, record.key, record.value, headers)
+        self.metrics.dlq.labels(reason=reason).inc()
+
+    def _send(
+        self,
+        part: Partition,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None,
+    ) -> None:
+        try:
+            future = self.producer.send(topic, key=key, value=value, headers=headers)
+        except KafkaError as exc:  # e.g. metadata unavailable for max_block_ms
+            self._mark_send_failed(part, exc)
+            return
+        future.add_errback(self._mark_send_failed, part)
+
+    def _mark_send_failed(self, part: Partition, exc: BaseException) -> None:
+        # May run on the producer's thread: only set a flag, the main thread acts on it.
+        if not part.send_failed:
+            log.error(
+                "publish failed; partition will be re-read from its last checkpoint",
+                extra={"event": "send_failed", "partition": part.tp.partition, "error": repr(exc)},
+            )
+        part.send_failed = True
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint_is_due(self, part: Partition) -> bool:
+        if part.ticks_since_checkpoint == 0:
+            return False
+        if part.ticks_since_checkpoint >= self.settings.checkpoint_every_ticks:
+            return True
+        elapsed = self.clock.monotonic() - part.last_checkpoint_at
+        return elapsed >= self.settings.checkpoint_every_seconds
+
+    def _checkpoint_due(self) -> None:
+        for part in list(self.partitions.values()):
+            if part.status is Status.ACTIVE and (self._checkpoint_is_due(part) or part.send_failed):
+                self._checkpoint(part)
+
+    def _checkpoint(self, part: Partition, commit: bool = True) -> bool:
+        """Flush outputs, write the partition's state and offset, then commit it to Kafka.
+
+        Returns whether the state is persisted. On failure the partition is paused (state
+        kept) or, if an output was lost or we were fenced, its state is dropped.
+        """
+        tp = part.tp
+        if part.next_offset is None or (part.ticks_since_checkpoint == 0 and not part.send_failed):
+            return True
+        started = self.clock.perf_counter()
+        try:
+            self.producer.flush(timeout=FLUSH_TIMEOUT_SECONDS)
+        except KafkaError as exc:
+            self._checkpoint_failed(part, exc)
+            return False
+        if part.send_failed:
+            # Outputs after the last checkpoint may be lost: re-read them from there.
+            part.reset(Status.NEEDS_CLAIM)
+            self._pause(part, RuntimeError("a publish failed"), "rewind")
+            return False
+        blobs = {symbol: part.learners[symbol].to_bytes() for symbol in part.dirty}
+        try:
+            self.store.checkpoint(tp.topic, tp.partition, part.epoch, part.next_offset, blobs)
+        except Fenced as exc:
+            self.metrics.checkpoint_failures.inc()
+            self.metrics.fenced_checkpoints.inc()
+            log.warning(
+                "fenced: another worker owns this partition now; dropping its state",
+                extra={"event": "fenced", "partition": tp.partition, "error": str(exc)},
+            )
+            part.reset(Status.FENCED)
+            part.retry_at = self.clock.monotonic() + 2 * self.settings.session_timeout_ms / 1000
+            self._safe_pause(tp)
+            return False
+        except (StoreUnavailable, OffsetWentBackwards) as exc:
+            self._checkpoint_failed(part, exc)
+            return False
+        self.metrics.checkpoints.inc()
+        self.metrics.checkpoint_seconds.observe(self.clock.perf_counter() - started)
+        self.metrics.last_checkpoint_timestamp_seconds.set(self.clock.time())
+        self.metrics.dependency_up.labels(dependency="redis").set(1)
+        part.dirty.clear()
+        part.ticks_since_checkpoint = 0
+        part.last_checkpoint_at = self.clock.monotonic()
+        if part.failures:
+            log.info(
+                "checkpoint recovered",
+                extra={"event": "checkpoint_recovered", "partition": tp.partition},
+            )
+            part.failures = 0
+        if commit:
+            self._commit(tp, part.next_offset)
+        return True
+
+    def _commit(self, tp: TopicPartition, offset: int) -> None:
+        """Let Kafka's committed offset follow Redis (informational: Redis is the truth).
+
+        Asynchronous, because the rebalance listener runs on kafka-python's IO thread, where
+        blocking consumer calls are forbidden.
+        """
+        try:
+            self.consumer.commit_async({tp: OffsetAndMetadata(offset, "", -1)})
+        except KafkaError as exc:
+            log.warning("kafka commit failed", extra={"event": "commit_failed", "error": repr(exc)})
+
+    def _checkpoint_failed(self, part: Partition, exc: Exception) -> None:
+        self.metrics.checkpoint_failures.inc()
+        if part.status is Status.ACTIVE:
+            part.status = Status.CHECKPOINT_FAILING
+        self._pause(part, exc, "checkpoint_failed")
+
+    def _pause(self, part: Partition, exc: BaseException, event: str) -> None:
+        dependency = "redis" if isinstance(exc, StoreError) else "kafka"
+        self.metrics.dependency_errors.labels(dependency=dependency).inc()
+        self.metrics.dependency_up.labels(dependency=dependency).set(0)
+        part.failures += 1
+        delay = _backoff(part.failures)
+        part.retry_at = self.clock.monotonic() + delay
+        self._safe_pause(part.tp)
+        log.error(
+            f"{event.replace('_', ' ')}; partition paused, retrying",
+            extra={
+                "event": event,
+                "partition": part.tp.partition,
+                "error": str(exc),
+                "retry_in": round(delay, 3),
+                "attempt": part.failures,
+            },
+        )
+
+    def _safe_pause(self, tp: TopicPartition) -> None:
+        try:
+            self.consumer.pause(tp)
+        except (KafkaError, ValueError) as exc:  # no longer assigned
+            log.debug("pause failed", extra={"error": repr(exc)})
+
+    def _retry_paused(self) -> None:
+        now = self.clock.monotonic()
+        with self._lock:
+            for part in list(self.partitions.values()):
+                if part.status is Status.ACTIVE or now < part.retry_at:
+                    continue
+                if part.status is Status.CHECKPOINT_FAILING:
+                    if self._checkpoint(part):
+                        part.status = Status.ACTIVE
+                        self.consumer.seek(part.tp, part.next_offset)
+                        self.consumer.resume(part.tp)
+                elif part.status is Status.NEEDS_CLAIM:
+                    self._claim(part)
+                elif part.status is Status.FENCED and part.tp in self.consumer.assignment():
+                    # Still ours per the group long after the fence: the other claimer was a
+                    # stale worker. Take the partition back from Redis.
+                    self._claim(part)
+
+    # ------------------------------------------------------------------ gauges
+    def _all_active(self) -> bool:
+        return all(p.status is Status.ACTIVE for p in self.partitions.values())
+
+    def _symbol_count(self) -> int:
+        return sum(len(p.learners) for p in self.partitions.values())
+
+    def lag(self, part: Partition) -> int | None:
+        """Records on the broker not yet processed (highwater from fetches − next offset)."""
+        try:
+            highwater = self.consumer.highwater(part.tp)
+        except KafkaError:
+            return None
+        if highwater is None:
+            return None
+        return max(0, highwater - (part.next_offset or 0))
+
+    def _update_gauges(self, force: bool = False) -> None:
+        now = self.clock.monotonic()
+        if not force and now - self._gauges_at < 0.5:
+            return
+        self._gauges_at = now
+        m = self.metrics
+        m.assigned_partitions.set(len(self.partitions))
+        m.symbols.set(self._symbol_count())
+        m.ready.set(1 if self.ready else 0)
+        for part in self.partitions.values():
+            lag = self.lag(part)
+            if lag is not None:
+                m.consumer_lag.labels(partition=str(part.tp.partition)).set(lag)
+        for model in MODELS:
+            accuracy = self.rolling.accuracy(model)
+            if accuracy is not None:
+                m.prequential_accuracy.labels(model=model).set(accuracy)
+        for model in PROBABILISTIC:
+            loss = self.rolling.log_loss(model)
+            if loss is not None:
+                m.prequential_log_loss.labels(model=model).set(loss)
+
+    def _idle_for(self, seconds: float) -> bool:
+        """Drained (no lag on any partition, all active) and no record for `seconds`."""
+        if not self._joined or self.clock.monotonic() - self._last_record_at < seconds:
+            return False
+        with self._lock:
+            return self._all_active() and all(self.lag(p) == 0 for p in self.partitions.values())
+
+
+def _backoff(attempt: int) -> float:
+    """0.25 s, 0.5 s, 1 s, ... capped at MAX_BACKOFF_SECONDS."""
+    return float(min(MAX_BACKOFF_SECONDS, 0.25 * 2 ** min(attempt - 1, 10)))
