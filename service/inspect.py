@@ -1,0 +1,80 @@
+"""Print each symbol's model_version and weights hash from the state in Redis, as JSON.
+
+Output: {"symbols": {SYM: {"model_version": N, "weights_sha256": HEX}}}, HEX being the
+sha256 of the symbol's Network.to_bytes() — the same value `tickprop backtest` reports in
+per_symbol, so the two can be compared directly. Redis and the learning settings come
+from the TICKPROP_* environment, as for the worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--group", help="consumer group whose state to read (default: TICKPROP_GROUP_ID)"
+    )
+    parser.add_argument(
+        "--partitions",
+        action="store_true",
+        help="also print each input partition's next offset, fencing epoch and symbols",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import redis
+
+    from service.settings import ConfigError, load_settings
+    from service.store import Store, StoreUnavailable
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"tickprop inspect: {exc}", file=sys.stderr)
+        return 2
+    client = redis.Redis.from_url(settings.redis_url, **settings.redis_client_kwargs())
+    store = Store(client, args.group or settings.group_id)
+    try:
+        report = summarise(store, settings.learner_config(), args.partitions)
+    except StoreUnavailable as exc:
+        print(f"tickprop inspect: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # a blob that does not load under these settings
+        print(f"tickprop inspect: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    json.dump(report, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+    return 0
+
+
+def summarise(store: Any, config: Any, partitions: bool = False) -> dict[str, Any]:
+    """The inspect report of every symbol stored for `store`'s group."""
+    from model.learner import OnlineLearner
+
+    symbols: dict[str, dict[str, Any]] = {}
+    by_partition: dict[str, dict[str, Any]] = {}
+    for (topic, partition), state in sorted(store.load_all().items()):
+        for symbol, blob in state.blobs.items():
+            try:
+                learner = OnlineLearner.from_bytes(blob, config)
+            except ValueError as exc:
+                raise ValueError(f"{topic}[{partition}] symbol {symbol!r}: {exc}") from exc
+            symbols[symbol] = {
+                "model_version": learner.model_version,
+                "weights_sha256": learner.weights_sha256(),
+            }
+        by_partition[f"{topic}/{partition}"] = {
+            "offset": state.offset,
+            "epoch": state.epoch,
+            "symbols": sorted(state.blobs),
+        }
+    report: dict[str, Any] = {"symbols": symbols}
+    if partitions:
+        report["partitions"] = by_partition
+    return report
