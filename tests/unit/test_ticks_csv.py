@@ -1,0 +1,70 @@
+import gzip
+
+import pytest
+
+from service.produce import synthetic_ticks
+from service.ticks_csv import BadRows, CsvFormatError, read_ticks, valid_ticks
+
+
+def write(tmp_path, text, name="t.csv", compress=False):
+    path = tmp_path / name
+    data = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text
+    path.write_bytes(gzip.compress(data) if compress else data)
+    return path
+
+
+def test_reads_plain_and_gzip_alike(tmp_path):
+    text = "ts,symbol,price,volume\n1,ES,1640.25,8\n2,ES,1640.5,\n"
+    plain = list(valid_ticks(write(tmp_path, text)))
+    zipped = list(valid_ticks(write(tmp_path, text, "t.csv.gz", compress=True)))
+    assert plain == zipped
+    assert [(t.ts_ms, t.price, t.volume) for t in plain] == [(1, 1640.25, 8.0), (2, 1640.5, None)]
+
+
+def test_columns_by_header_name_and_volume_optional(tmp_path):
+    rows = list(valid_ticks(write(tmp_path, "symbol,price,ts\nES,3.5,10\n")))
+    assert [(t.symbol, t.ts_ms, t.price, t.volume) for t in rows] == [("ES", 10, 3.5, None)]
+
+
+def test_bad_rows_are_reported_with_line_and_reason(tmp_path):
+    text = "ts,symbol,price\n1,ES,1\nx,ES,1\n2,ES\n\n3,,1\n4,ES,inf\n5,ES,2\n"
+    rows = list(read_ticks(write(tmp_path, text)))
+    assert [(r.line, r.reason) for r in rows] == [
+        (2, None),
+        (3, "bad_ts"),
+        (4, "missing_field"),
+        (6, "bad_symbol"),
+        (7, "bad_price"),
+        (8, None),
+    ]
+    bad = BadRows()
+    assert [t.ts_ms for t in valid_ticks(write(tmp_path, text), bad)] == [1, 5]
+    assert bad.count == 4 and bad.by_reason["bad_ts"] == 1
+    assert "line 3: bad_ts" in bad.summary()
+
+
+def test_undecodable_bytes_make_a_bad_row_not_a_crash(tmp_path):
+    path = write(tmp_path, b"ts,symbol,price\n1,\xff\xfe,1\n2,ES,1\n")
+    assert [r.reason for r in read_ticks(path)] == ["bad_symbol", None]
+
+
+def test_missing_header_columns_stop_with_a_clear_error(tmp_path):
+    with pytest.raises(CsvFormatError, match="price"):
+        list(read_ticks(write(tmp_path, "ts,symbol\n1,ES\n")))
+    with pytest.raises(CsvFormatError, match="empty"):
+        list(read_ticks(write(tmp_path, "")))
+
+
+def test_shipped_data_is_all_valid():
+    bad = BadRows()
+    assert sum(1 for _ in valid_ticks("data/stocks_daily_2000-2013.csv.gz", bad)) == 12154
+    assert bad.count == 0
+
+
+def test_synthetic_series_is_deterministic_and_valid():
+    a = list(synthetic_ticks(300, 3, seed=1))
+    assert a == list(synthetic_ticks(300, 3, seed=1))
+    assert a != list(synthetic_ticks(300, 3, seed=2))
+    assert {t.symbol for t in a} == {"SYN0", "SYN1", "SYN2"}
+    assert all(t.price > 0 for t in a)
+    assert [t.ts_ms for t in a] == sorted(t.ts_ms for t in a)
