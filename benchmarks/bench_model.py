@@ -22,7 +22,7 @@ Step = tuple[Callable[[], object], Callable[[], object]]
 
 
 def time_us(
-    fns: dict[str, Callable[[], object]], seconds: float, rounds: int = 7
+    fns: dict[str, Callable[[], object]], seconds: float, rounds: int = 15
 ) -> dict[str, float]:
     """Microseconds per call of each fn: best of `rounds`, the fns interleaved in every
     round so that a noisy neighbour slows them all alike."""

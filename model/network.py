@@ -134,7 +134,14 @@ class Network:
         self._w_out = self._wb[-1][:, 0]  # the output unit's weights and bias, a view
         self._w_out_body = self._w_out[:-1]
         self._step_out = self._step[-1][:, 0]
-        self._wb_t0 = self._wb[0].T  # Fortran-ordered view for in-place BLAS dger
+        self._wb_t = [wb.T for wb in self._wb]  # Fortran-ordered views for in-place BLAS
+        self._wb_t0 = self._wb_t[0]
+        self._f = [act.f for act in self.activations]
+        self._bounded = [act.name in ("sigmoid", "tanh") for act in self.activations]
+        self._fgrad_max = [_FGRAD_MAX[act.name] for act in self.activations]
+        self._fan_in = [n + 1 for n in sizes[:-1]]  # |z_j| <= (n + 1)·max|W|·max|a|
+        self._fan_out = sizes[1:]  # |g_i| <= n_{l+1}·max|W|·max|g|·max|f'|
+        self._fgrad_fn = [act.grad for act in self.activations]
         hidden = self.activations[0]
         self._one_hidden_fast = (
             len(sizes) == 3 and sizes[-1] == 1 and hidden.name in ("sigmoid", "tanh")
@@ -290,28 +297,26 @@ class Network:
         np.copyto(a_body[0], x)
         xx = float(np.dot(a[0], a[0]))  # NaN or inf here means x is not finite
         last = len(wb) - 1
+        f, fgrad, z = self._f, self._fgrad_fn, self._z
         for l in range(last):
-            self.activations[l].f(np.dot(a[l], wb[l], out=self._z[l]), a_body[l + 1])
+            f[l](np.dot(a[l], wb[l], out=z[l]), a_body[l + 1])
         y, delta, loss = self._scalar_loss(float(np.dot(a[last], self._w_out)), t)
-        if not (math.isfinite(loss) and math.isfinite(xx)):
+        if not (loss < math.inf and xx < math.inf):  # False for NaN too
             self._refuse(f"loss is {loss}, |x|^2 is {xx}")
         self._out[0] = y
         if last:  # g[l] = dL/dz[l] / delta_L, from the top hidden layer down
-            self.activations[last - 1].grad(a_body[last], g[last - 1])
+            fgrad[last - 1](a_body[last], g[last - 1])
             np.multiply(g[last - 1], self._w_out_body, out=g[last - 1])
             for l in range(last - 1, 0, -1):
                 np.dot(self._w_body[l], g[l], out=g[l - 1])
-                np.multiply(
-                    g[l - 1],
-                    self.activations[l - 1].grad(a_body[l], self._fgrad[l - 1]),
-                    out=g[l - 1],
-                )
+                np.multiply(g[l - 1], fgrad[l - 1](a_body[l], self._fgrad[l - 1]), out=g[l - 1])
         c = -self.learning_rate * delta
         bounds = self._scalar_step_bounds(abs(c), math.sqrt(xx))
-        if all(b + s < _SAFE for b, s in zip(self._bound, bounds, strict=True)):
-            self._blas_update(c, [w.T for w in wb])
-            for l, b in enumerate(bounds):
-                self._bound[l] += b
+        bound = self._bound
+        if max(bound) + max(bounds) < _SAFE:
+            self._blas_update(c, self._wb_t)
+            for l in range(last + 1):
+                bound[l] += bounds[l]
             return loss
         self._checked_blas_update(c)
         return loss
@@ -338,24 +343,22 @@ class Network:
     def _scalar_step_bounds(self, abs_c: float, x_norm: float) -> list[float]:
         """Bounds on max |step| per layer, from scalars only (no numpy calls).
 
-        |step_ij| <= |c|·max|a_i|·max|g_j|, with max|a| <= 1 after sigmoid/tanh and
-        max|g| propagated down through the weight bounds and max |f'|.
+        |step_ij| <= |c|·max|a_i|·max|g_j|: max|a| <= 1 after sigmoid/tanh, else it
+        grows through the weight bounds; max|g| is propagated down through the weight
+        bounds and max |f'| (the constants precomputed in `_allocate_buffers`).
         """
-        last = len(self._wb) - 1
-        acts, bound, sizes = self.activations, self._bound, self.sizes
-        a_max = [x_norm]  # max|a[0]| <= ‖x, 1‖
+        bound, last = self._bound, len(self._wb) - 1
+        a_max = x_norm  # max|a[0]| <= ‖(x, 1)‖
+        a_maxes = [a_max]
         for l in range(1, last + 1):
-            if acts[l - 1].name in ("sigmoid", "tanh"):
-                a_max.append(1.0)
-            else:
-                a_max.append(max(1.0, (sizes[l - 1] + 1) * bound[l - 1] * a_max[l - 1]))
-        steps = [0.0] * (last + 1)
-        steps[last] = abs_c * a_max[last]
-        g_max = _FGRAD_MAX[acts[last - 1].name] * bound[last] if last else 0.0
+            a_max = 1.0 if self._bounded[l - 1] else self._fan_in[l - 1] * bound[l - 1] * a_max
+            a_maxes.append(max(a_max, 1.0))
+        steps = [abs_c * a_maxes[last]] * (last + 1)
+        g_max = self._fgrad_max[last - 1] * bound[last] if last else 0.0
         for l in range(last - 1, -1, -1):
-            steps[l] = abs_c * a_max[l] * g_max
+            steps[l] = abs_c * a_maxes[l] * g_max
             if l:
-                g_max = sizes[l + 1] * bound[l] * g_max * _FGRAD_MAX[acts[l - 1].name]
+                g_max *= self._fan_out[l] * bound[l] * self._fgrad_max[l - 1]
         return steps
 
     def _scalar_loss(self, z: float, t: float) -> tuple[float, float, float]:
