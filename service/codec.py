@@ -231,9 +231,13 @@ def encode_prediction(
     return _dumps(body)
 
 
+# Fixed key order, no spaces, no NaN (ValueError instead): deterministic and strict JSON.
+# One encoder object: json.dumps with options builds a new one per call (~2x slower).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def _dumps(body: dict[str, Any]) -> bytes:
-    # Fixed key order, no spaces, no NaN (ValueError instead): deterministic and strict JSON.
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    return _ENCODER.encode(body).encode()
 
 
 def dlq_headers(
