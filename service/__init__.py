@@ -1,1 +1,1 @@
-"""tickprop's I/O layer: settings, Kafka in and out, the Redis store, metrics, the worker, the CLI."""
+"""tickprop's I/O layer: settings, Kafka in and out, the Redis store, metrics, worker, CLI."""
