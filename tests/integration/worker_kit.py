@@ -1,7 +1,7 @@
 """Helpers of the worker's integration tests: real data slices, producing, running workers.
 
 Everything talks to the real broker and redis-server of the session fixtures; workers run
-as `python -m service.main` subprocesses (the code of `tickprop worker`).
+as `tickprop worker` subprocesses (`python -m service.cli worker`).
 """
 
 from __future__ import annotations
@@ -148,13 +148,13 @@ def worker_env(broker: str, redis_url: str, names: Any, **settings: Any) -> dict
 
 
 class WorkerProcess:
-    """`python -m service.main` in a subprocess; stderr (JSON lines) kept in a file."""
+    """`tickprop worker` in a subprocess; its stderr (JSON lines) kept in a file."""
 
     def __init__(self, env: dict[str, str], log_path: Path, *args: str) -> None:
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 (closed in wait/kill)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service.main", *args],
+            [sys.executable, "-m", "service.cli", "worker", *args],
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,
