@@ -474,7 +474,10 @@ def plot(trace: Trace, symbol: str, report: dict[str, Any], path: str, zoom: int
     ax_acc.set_ylabel(f"accuracy (last {size})")
     ax_acc.set_ylim(-0.02, 1.02)
     ax_acc.axhline(0.5, color="#bbbbbb", lw=0.6, ls=":")
-    ax_acc.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=4, fontsize=8, frameon=False)
+    if ax_acc.lines[1:]:
+        ax_acc.legend(
+            loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=4, fontsize=8, frameon=False
+        )
     ax_acc.set_title("rolling prequential accuracy", loc="right", fontsize=9, color="#555555")
 
     if len(label) > skip:
@@ -500,7 +503,8 @@ def plot(trace: Trace, symbol: str, report: dict[str, Any], path: str, zoom: int
     ax_ll.axhline(math.log(2), color="#bbbbbb", lw=0.6, ls=":")
     ax_ll.set_ylabel(f"log loss (last {size})")
     ax_ll.set_xlabel("scored prediction")
-    ax_ll.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2, fontsize=8, frameon=False)
+    if ax_ll.lines[1:]:
+        ax_ll.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2, fontsize=8, frameon=False)
     ax_ll.set_title(
         "rolling log loss (dotted: ln 2, a coin flip)", loc="right", fontsize=9, color="#555555"
     )

@@ -1,0 +1,139 @@
+"""`tickprop backtest`: report format, skipped rows, settings, agreement with the learner."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from model.learner import LearnerConfig, OnlineLearner
+from service.backtest import Backtest, learner_config, run_rows
+from service.cli import build_parser, main
+from service.ticks_csv import read_ticks
+
+CSV = """ts,symbol,price,volume
+1000,AAA,10.0,1
+1000,BBB,50.0,1
+1001,AAA,10.5,1
+not-a-ts,AAA,10.0,1
+1002,AAA,-1,1
+1003,AAA,nan,1
+1002,BBB,50.5,2
+1004,AAA,10.0,1
+1003,AAA,10.5,1
+1005,AAA,11.0,1
+1006,AAA,10.5,1
+1007,AAA,11.0,1
+1008,BBB,50.0,1
+"""
+
+
+@pytest.fixture
+def small_csv(tmp_path: Path) -> Path:
+    path = tmp_path / "ticks.csv"
+    path.write_text(CSV)
+    return path
+
+
+def test_report_has_the_design_fields_and_counts_skipped_rows(
+    small_csv: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "report.json"
+    argv = ["backtest", "--csv", str(small_csv), "--json", str(out), "--window", "2"]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    for key in ("ticks", "symbols", "scored", "model", "baselines", "per_symbol"):
+        assert key in report
+    assert set(report["baselines"]) == {"base_rate", "persistence", "reversal"}
+    assert report["baselines"]["persistence"]["log_loss"] is None
+    assert report["symbols"] == 2 and report["rows"] == 13
+    assert report["skipped"]["invalid"] == 3  # bad ts, price <= 0, NaN
+    assert report["skipped"]["late"] == 1  # 1003 after 1004
+    assert report["ticks"] == 13 - 3 - 1
+    assert report["settings"] == LearnerConfig(window=2).as_dict()
+    assert report["ticks_per_second"] > 0
+    for symbol in ("AAA", "BBB"):
+        s = report["per_symbol"][symbol]
+        assert {"scored", "accuracy", "model_version", "weights_sha256"} <= set(s)
+
+
+def test_per_symbol_state_equals_a_learner_fed_the_valid_ticks_in_order(small_csv: Path) -> None:
+    config = LearnerConfig(window=2, hidden=(4,), learning_rate=0.1)
+    bt = run_rows(Backtest(config), read_ticks(small_csv))
+    learners: dict[str, OnlineLearner] = {}
+    for row in read_ticks(small_csv):
+        t = row.tick
+        if t is None:
+            continue
+        if t.symbol not in learners:
+            learners[t.symbol] = OnlineLearner(t.symbol, config)
+        learner = learners[t.symbol]
+        if not learner.is_late(t.ts_ms):
+            learner.on_tick(t.ts_ms, t.price)
+    for symbol, learner in learners.items():
+        assert bt.learners[symbol].to_bytes() == learner.to_bytes()
+        assert bt.report()["per_symbol"][symbol]["weights_sha256"] == learner.weights_sha256()
+
+
+def test_settings_come_from_defaults_then_environment_then_flags() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["backtest", "--csv", "x"])
+    assert learner_config(args, {}) == LearnerConfig()
+    env = {"TICKPROP_WINDOW": "8", "TICKPROP_HIDDEN": "16,8", "TICKPROP_LEARNING_RATE": "0.01"}
+    assert learner_config(args, env) == LearnerConfig(window=8, hidden=(16, 8), learning_rate=0.01)
+    args = parser.parse_args(["backtest", "--csv", "x", "--window", "4", "--seed", "3"])
+    assert learner_config(args, env) == LearnerConfig(
+        window=4, hidden=(16, 8), learning_rate=0.01, seed=3
+    )
+    with pytest.raises(ValueError, match="TICKPROP_HIDDEN"):
+        learner_config(parser.parse_args(["backtest", "--csv", "x"]), {"TICKPROP_HIDDEN": "a"})
+
+
+def test_a_missing_file_or_bad_setting_exits_2_with_a_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["backtest", "--csv", str(tmp_path / "none.csv")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    (tmp_path / "t.csv").write_text(CSV)
+    assert main(["backtest", "--csv", str(tmp_path / "t.csv"), "--window", "1"]) == 2
+    assert "window" in capsys.readouterr().err
+
+
+def test_plot_writes_a_png(small_csv: Path, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "out.png"
+    assert main(["backtest", "--csv", str(small_csv), "--window", "2", "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_console_script_help_and_run_in_a_fresh_process(small_csv: Path, tmp_path: Path) -> None:
+    """The CLI end to end, in its own interpreter (no servers needed)."""
+    cmd = [sys.executable, "-m", "service.cli", "backtest"]
+    root = Path(__file__).resolve().parents[2]
+    help_text = subprocess.run(
+        [*cmd, "--help"], capture_output=True, text=True, check=True, cwd=root
+    ).stdout
+    for flag in (
+        "--csv",
+        "--json",
+        "--plot",
+        "--window",
+        "--horizon",
+        "--hidden",
+        "--learning-rate",
+    ):
+        assert flag in help_text
+    out = tmp_path / "r.json"
+    done = subprocess.run(
+        [*cmd, "--csv", str(small_csv), "--json", str(out), "--window", "2", "--progress"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=root,
+    )
+    assert "ffbpn" in done.stdout and "reversal" in done.stdout
+    assert "ticks/s" in done.stderr  # --progress forces the bar on a pipe
+    assert json.loads(out.read_text())["ticks"] == 9
