@@ -302,7 +302,7 @@ def test_dashboard_query_runs_and_returns_data(prometheus: Prometheus, expr: str
 @pytest.mark.parametrize("expr", alert_expressions())
 def test_alert_expression_runs(prometheus: Prometheus, expr: str) -> None:
     # Alerts are silent on a healthy worker: evaluating without error is what is checked here;
-    # promtool's unit tests (tests/unit/test_deploy_prometheus.py) show each one firing.
+    # promtool's unit tests (tests/unit/test_deploy_promtool.py) show each one firing.
     prometheus.api("query", query=expr)
 
 
