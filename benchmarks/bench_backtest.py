@@ -68,7 +68,7 @@ def main() -> None:
     t_learner = best_of(args.repeats, learner_only)
     t_step = best_of(args.repeats * 3, step)
     t_predict = best_of(args.repeats * 3, predict)
-    labelled = sum(1 for a, b in zip(ticks, ticks[1:]) if a[1] != b[1]) / len(ticks)
+    labelled = sum(1 for a, b in zip(ticks, ticks[1:], strict=False) if a[1] != b[1]) / len(ticks)
     print(f"E-mini ticks: {len(ticks):,}, share with a label (a price change next): {labelled:.3f}")
     print(f"network {net.sizes}, default settings {config.as_dict()}")
     print(f"bare network: learn_one {t_step * 1e6:6.2f} us   predict {t_predict * 1e6:6.2f} us")
