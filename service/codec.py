@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-# Reason codes: bounded, so they can label metrics. "late" is decided by the
-# learner (OnlineLearner.is_late), not here, but belongs to the same set.
+# Reason codes: bounded, so they can label metrics. "late" (OnlineLearner.is_late)
+# and "too_many_symbols" are decided by the worker, not here, but belong to the set.
 NOT_JSON = "not_json"
 NOT_OBJECT = "not_object"
 MISSING_FIELD = "missing_field"
@@ -25,6 +25,7 @@ BAD_VOLUME = "bad_volume"
 KEY_MISMATCH = "key_mismatch"
 TOO_LARGE = "too_large"
 LATE = "late"
+TOO_MANY_SYMBOLS = "too_many_symbols"  # decided by the worker (settings.max_symbols)
 REASONS: tuple[str, ...] = (
     NOT_JSON,
     NOT_OBJECT,
@@ -36,6 +37,7 @@ REASONS: tuple[str, ...] = (
     KEY_MISMATCH,
     TOO_LARGE,
     LATE,
+    TOO_MANY_SYMBOLS,
 )
 
 DEFAULT_MAX_BYTES = 65536

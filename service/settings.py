@@ -143,7 +143,7 @@ class Settings(BaseSettings):
         default_factory=lambda: _learner_default("window"),
         ge=2,
         le=10_000,
-        description="Prices in each symbol's feature window.",
+        description="Non-zero price moves the features look back over.",
     )
     horizon: int = Field(
         default_factory=lambda: _learner_default("horizon"),
@@ -184,7 +184,7 @@ class Settings(BaseSettings):
         10_000,
         ge=1,
         le=10_000_000,
-        description="Most symbols one worker holds state for; beyond it new symbols are refused.",
+        description="Most symbols a worker holds; ticks of further symbols are dead-lettered.",
     )
 
     # --- validators -------------------------------------------------------------
@@ -359,6 +359,22 @@ def redact_url(url: str) -> str:
         host = f"[{host}]"
     netloc = f"{userinfo}@{host}" + (f":{parts.port}" if parts.port is not None else "")
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def settings_table() -> str:
+    """docs/settings.md's table: every variable, its default and meaning, from the class."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, info in Settings.model_fields.items():
+        if info.default_factory is not None:
+            value = _learner_default(name)
+            shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+            default = f"`{shown}` (LearnerConfig)"
+        elif info.default is None:
+            default = "unset"
+        else:
+            default = f"`{info.default}`"
+        rows.append(f"| `{env_name(name)}` | {default} | {info.description} |")
+    return "\n".join(rows) + "\n"
 
 
 def env_name(field: str) -> str:

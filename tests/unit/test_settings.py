@@ -170,3 +170,13 @@ def test_password_values_are_not_echoed_in_errors(monkeypatch):
 def test_redact_url_leaves_passwordless_urls_alone():
     assert redact_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
     assert redact_url("rediss://:pw@h:1/0") == "rediss://:**********@h:1/0"
+
+
+def test_docs_settings_table_is_current():
+    pytest.importorskip("model.learner")
+    from pathlib import Path
+
+    from service.settings import settings_table
+
+    doc = (Path(__file__).parents[2] / "docs" / "settings.md").read_text()
+    assert settings_table() in doc, "regenerate docs/settings.md's table from settings_table()"
