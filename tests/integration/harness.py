@@ -1,0 +1,215 @@
+"""Helpers of the reliability tests (chaos, outages, hostile input), on top of worker_kit.
+
+worker_kit has the basics (real data slices, producing, `tickprop worker` subprocesses,
+the in-process reference learner); this module adds what the reliability tests share:
+a seed from the environment, a producer that paces a stream over time in a thread, the
+real `tickprop inspect` / `tickprop backtest` commands, the worker's /readyz and /metrics,
+and the prediction-topic checks (one id per valid tick, re-sent ones identical).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaProducer
+from worker_kit import ROOT, Produced, WorkerProcess, read_topic, valid_ids
+
+from service.codec import InvalidTick, decode_tick
+from service.embedded import create_topics
+
+Record = tuple[bytes | None, bytes | None, list[tuple[str, bytes]] | None]
+
+
+def seed_from_env(name: str) -> int:
+    """The seed in $name, or a fresh random one; printed so a failure can be replayed."""
+    text = os.environ.get(name)
+    seed = int(text) if text else random.SystemRandom().randrange(2**32)
+    print(f"{name}={seed}  (export it to replay this run)")
+    return seed
+
+
+class PacedProducer(threading.Thread):
+    """Sends `records` to `topic` at about `rate` records/s from a background thread.
+
+    `produced` gets every record (in send order) and, after `join()`, where it landed.
+    `sent` counts records handed to the producer so far.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        records: Sequence[Record],
+        rate: float,
+        partitions: int = 6,
+        batch: int = 50,
+    ) -> None:
+        super().__init__(daemon=True)
+        create_topics(bootstrap, [topic], partitions=partitions)
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.records = records
+        self.rate = rate
+        self.batch = batch
+        self.produced = Produced()
+        self.sent = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        producer = KafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5)
+        futures = []
+        try:
+            started = time.monotonic()
+            for i in range(0, len(self.records), self.batch):
+                for key, value, headers in self.records[i : i + self.batch]:
+                    self.produced.records.append((key, value, list(headers or [])))
+                    futures.append(
+                        producer.send(self.topic, key=key, value=value, headers=headers or None)
+                    )
+                self.sent = len(futures)
+                delay = started + self.sent / self.rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            producer.flush(timeout=120)
+            for future in futures:
+                meta = future.get(timeout=120)
+                self.produced.positions.append((meta.partition, meta.offset))
+        except BaseException as exc:  # re-raised by finish() in the test's thread
+            self.error = exc
+        finally:
+            producer.close(timeout=30)
+
+    def finish(self, timeout: float = 180) -> Produced:
+        """Wait until every record is acknowledged; the records and where they landed."""
+        self.join(timeout)
+        if self.is_alive():
+            raise AssertionError(f"producer still running after {timeout} s")
+        if self.error is not None:
+            raise self.error
+        return self.produced
+
+
+# ---------------------------------------------------------------- the real commands
+def tickprop(args: Sequence[str], env: dict[str, str], timeout: float = 120) -> str:
+    """Run `tickprop ARGS` (python -m service.cli) and return its stdout; fail loudly."""
+    done = subprocess.run(
+        [sys.executable, "-m", "service.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"tickprop {' '.join(args)} exited {done.returncode}: {done.stderr}")
+    return done.stdout
+
+
+def inspect_symbols(env: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """`tickprop inspect`'s symbols: {SYM: {"model_version": N, "weights_sha256": HEX}}."""
+    return dict(json.loads(tickprop(["inspect"], env))["symbols"])
+
+
+def write_valid_csv(produced: Produced, path: Path) -> int:
+    """The records that decode as ticks, in produced order, as a backtest CSV; their count.
+
+    Each symbol lives in one partition (key = symbol), so its ticks' order in the file is
+    the order the worker read them. Prices are written with repr(), which round-trips.
+    """
+    count = 0
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f)
+        out.writerow(["ts", "symbol", "price", "volume"])
+        for key, value, _ in produced.records:
+            try:
+                tick = decode_tick(key, value)
+            except InvalidTick:
+                continue
+            volume = "" if tick.volume is None else repr(tick.volume)
+            out.writerow([tick.ts_ms, tick.symbol, repr(tick.price), volume])
+            count += 1
+    return count
+
+
+def backtest_symbols(
+    produced: Produced, tmp_path: Path, env: dict[str, str]
+) -> dict[str, dict[str, Any]]:
+    """`tickprop backtest` over the valid records: {SYM: {model_version, weights_sha256}}."""
+    csv_path, report_path = tmp_path / "valid_ticks.csv", tmp_path / "backtest.json"
+    write_valid_csv(produced, csv_path)
+    tickprop(["backtest", "--csv", str(csv_path), "--json", str(report_path), "--no-progress"], env)
+    report = json.loads(report_path.read_text())
+    return {
+        symbol: {"model_version": s["model_version"], "weights_sha256": s["weights_sha256"]}
+        for symbol, s in report["per_symbol"].items()
+    }
+
+
+# ---------------------------------------------------------------- outputs
+def check_predictions(bootstrap: str, topic: str, ticks_topic: str, produced: Produced) -> int:
+    """Assert one prediction id per valid tick and identical re-sends; the number re-sent."""
+    by_id: dict[str, list[bytes]] = defaultdict(list)
+    for record in read_topic(bootstrap, topic):
+        by_id[json.loads(record.value)["id"]].append(record.value)
+    expected = valid_ids(ticks_topic, produced)
+    missing, extra = expected - set(by_id), set(by_id) - expected
+    assert not missing and not extra, (
+        f"{len(missing)} valid ticks without a prediction (e.g. {sorted(missing)[:3]}), "
+        f"{len(extra)} predictions for no valid tick (e.g. {sorted(extra)[:3]})"
+    )
+    differing = [i for i, values in by_id.items() if len(set(values)) > 1]
+    assert not differing, f"re-sent predictions differ from the first: {differing[:3]}"
+    return sum(len(values) - 1 for values in by_id.values())
+
+
+# ---------------------------------------------------------------- the worker's HTTP side
+def metrics_port(worker: WorkerProcess, timeout: float = 30) -> int:
+    """The port the worker's metrics server bound (TICKPROP_METRICS_PORT=0)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        events = worker.events("metrics_server")
+        if events:
+            return int(events[-1]["port"])
+        if worker.process.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise AssertionError(f"the worker never served metrics:\n{worker.tail()}")
+
+
+def http_status(port: int, path: str) -> int | None:
+    """HTTP status of GET path on the worker, None when it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as reply:
+            return int(reply.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return None
+
+
+def metric(port: int, name: str, labels: str = "") -> float | None:
+    """One sample of the worker's /metrics, e.g. metric(p, "tickprop_ticks_total",
+    'outcome="processed"'); None when absent."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return None
+    wanted = f"{name}{{{labels}}}" if labels else name
+    for line in text.splitlines():
+        if line.startswith(wanted + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
