@@ -2,9 +2,12 @@
 
 Following cs231n's "Gradient Checks": centred differences
 (f(w + eps) − f(w − eps)) / 2 eps, compared by relative error
-|g_bp − g_fd| / max(|g_bp|, |g_fd|, floor). The floor keeps gradients that are
-zero up to rounding (where any relative error is noise) from reporting failure;
-it is 1e-8 by default — far below any gradient that matters.
+|g_bp − g_fd| / max(|g_bp|, |g_fd|, floor) per entry. Central differences carry
+an error of a fixed absolute size (truncation eps² · |f3| / 6, rounding ε · |L| / eps)
+whatever the entry's size, so an entry a million times smaller than its
+neighbours can never match to a relative 1e-7; the floor — a thousandth of the
+largest gradient entry (`rel_floor`), and never below 1e-300 — measures such
+entries on that scale instead. The loss is evaluated in extended precision.
 """
 
 from __future__ import annotations
@@ -61,8 +64,9 @@ def _loss_extended(
     for wb, act in zip(params, net.activations, strict=True):
         z = a @ wb[:-1] + wb[-1]
         a = _EXTENDED[act.name](z)
-    if net.loss.name == "log":  # softplus(z) − t z, from the logit
-        loss = np.sum(np.logaddexp(np.longdouble(0), z) - t * z)
+    if net.loss.name == "log":  # softplus(z) − t z, from the logit, without cancellation
+        tail = np.log1p(np.exp(-np.abs(z)))
+        loss = np.sum(np.where(z > 0, tail + (1 - t) * z, tail - t * z))
     else:
         loss = np.sum((a - t) ** 2) / 2
     if net.l2:
@@ -70,19 +74,22 @@ def _loss_extended(
     return np.longdouble(loss)
 
 
-def relative_error(a: np.ndarray, b: np.ndarray, floor: float = 1e-8) -> float:
+def relative_error(a: np.ndarray, b: np.ndarray, floor: float = 1e-300) -> float:
     """max over entries of |a − b| / max(|a|, |b|, floor)."""
     scale = np.maximum(np.maximum(np.abs(a), np.abs(b)), floor)
     return float(np.max(np.abs(a - b) / scale))
 
 
 def gradient_check(
-    net: Network, x: ArrayLike, target: ArrayLike | float, eps: float = 1e-6, floor: float = 1e-8
+    net: Network,
+    x: ArrayLike,
+    target: ArrayLike | float,
+    eps: float = 1e-6,
+    rel_floor: float = 1e-3,
 ) -> float:
     """Max relative error of backprop's gradients against central finite differences."""
-    analytic = net.gradients(x, target)
-    numeric = numerical_gradients(net, x, target, eps)
-    return max(
-        max(relative_error(dw, nw, floor), relative_error(db, nb, floor))
-        for (dw, db), (nw, nb) in zip(analytic, numeric, strict=True)
-    )
+    analytic = [g for pair in net.gradients(x, target) for g in pair]
+    numeric = [g for pair in numerical_gradients(net, x, target, eps) for g in pair]
+    largest = max(float(np.abs(g).max()) for g in analytic + numeric)
+    floor = max(rel_floor * largest, 1e-300)
+    return max(relative_error(a, n, floor) for a, n in zip(analytic, numeric, strict=True))

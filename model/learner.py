@@ -240,7 +240,7 @@ class OnlineLearner:
         if ready:
             x = self.pending_x[slot]
             self.features.write(x)
-            p = float(self.network.predict(x)[0])
+            p = self.network.predict_one(x)
         else:
             p = base
         self.pending_price[slot] = price

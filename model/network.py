@@ -168,7 +168,26 @@ class Network:
 
     def predict(self, x: ArrayLike) -> Array:
         """The network's output for one input x of shape (n_in,): a new (n_out,) array."""
+        if self._scalar_out:
+            return np.array([self.predict_one(x)])
         return self._forward(x).copy()
+
+    def predict_one(self, x: ArrayLike) -> float:
+        """The single output of a one-output network, as a float (the service's hot path).
+
+        The output unit is computed in scalar maths, exactly as `learn_one` computes it.
+        """
+        if not self._scalar_out:
+            raise ValueError(f"predict_one needs a single output unit, sizes are {self.sizes}")
+        x = x if isinstance(x, np.ndarray) else np.asarray(x, dtype=np.float64)
+        if x.shape != self._in_shape:
+            raise ValueError(f"x must have shape ({self.n_in},), got {x.shape}")
+        a, a_body, wb, f, z = self._a, self._a_body, self._wb, self._f, self._z
+        np.copyto(a_body[0], x)
+        last = len(wb) - 1
+        for l in range(last):
+            f[l](np.dot(a[l], wb[l], out=z[l]), a_body[l + 1])
+        return self._scalar_output(float(np.dot(a[last], self._w_out)))
 
     # ------------------------------------------------------------------ backward
     def _set_target(self, target: ArrayLike | float) -> Array:
@@ -361,14 +380,26 @@ class Network:
                 g_max *= self._fan_out[l] * bound[l] * self._fgrad_max[l - 1]
         return steps
 
+    def _scalar_output(self, z: float) -> float:
+        """The output activation of one unit in scalar maths (as in `_scalar_loss`)."""
+        name = self.activations[-1].name
+        if name == "sigmoid":
+            e = math.exp(-abs(z))
+            return 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
+        if name == "tanh":
+            return math.tanh(z)
+        if name == "relu":
+            return max(z, 0.0)
+        return z
+
     def _scalar_loss(self, z: float, t: float) -> tuple[float, float, float]:
         """Output y, delta = dL/dz and loss for one output unit with pre-activation z."""
         name = self.activations[-1].name
         if name == "sigmoid":
             e = math.exp(-abs(z))  # in (0, 1]: never overflows
             y = 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
-            if self.loss.name == "log":  # softplus(z) − t·z, from the logit
-                return y, y - t, max(z, 0.0) + math.log1p(e) - t * z
+            if self.loss.name == "log":  # softplus(z) − t·z, arranged to never cancel
+                return y, y - t, math.log1p(e) + ((1.0 - t) * z if z > 0 else -t * z)
             return y, (y - t) * y * (1.0 - y), 0.5 * (y - t) ** 2
         if name == "tanh":
             y = math.tanh(z)
