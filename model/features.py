@@ -13,6 +13,17 @@ and for daily closes. The input vector x (shape `(n_features,)`) is:
 
 - `move_1..move_k` (k = min(4, window)): z of the last k moves, newest first —
   the recent path: bid-ask bounce, short runs.
+- `sign`: s, the sign of the last move, unscaled — the whole of the reversal
+  rule in one input, so a fresh network can copy it quickly (z's size wanders
+  with σ).
+- `record`: s · ρ, where ρ is an EWMA (span 4 windows of moves) of s_t·s_{t−1}:
+  −1 when moves keep bouncing, +1 when they keep running, ~0 on a random walk.
+  The regime's own evidence, so the network follows a change of regime without
+  having to relearn its weights.
+- `level_record`: s · ρ_long when the current level has lasted longer than the
+  mean run, else s · ρ_short, where ρ_long / ρ_short are that EWMA over moves
+  out of long / short levels only — old levels on ticks break (persist) in some
+  sessions and bounce in others.
 - `trend`: Σ z over the last `window` moves / √window, clipped ±4 — drift over
   the whole window.
 - `bounce`: s / (1 + run), where s is the sign of the last move and run the
@@ -47,6 +58,9 @@ from model.activations import Array
 CLIP = 4.0
 MAX_RECENT = 4
 FEATURE_NAMES_TAIL = (
+    "sign",
+    "record",
+    "level_record",
     "trend",
     "bounce",
     "fresh",
@@ -84,6 +98,9 @@ class TickFeatures:
         "prev_run",
         "pos",
         "last_sign",
+        "record",
+        "record_short",
+        "record_long",
     )
 
     def __init__(self, window: int) -> None:
@@ -106,6 +123,9 @@ class TickFeatures:
         self.prev_run = 0  # run length of the previous level
         self.pos = window - 1
         self.last_sign = 0.0  # sign of the last move: +1, -1, or 0 before the first
+        self.record = 0.0  # EWMA of s_t·s_{t-1} over moves: +1 runs, −1 bounces
+        self.record_short = 0.0  # the same over moves out of levels shorter than mean run
+        self.record_long = 0.0  # ... and out of levels that lasted longer
 
     @property
     def ready(self) -> bool:
@@ -137,10 +157,17 @@ class TickFeatures:
         self.trend_sum += z - float(moves[pos])
         moves[pos] = z
         self.n_moves += 1
+        sign = 1.0 if r > 0 else -1.0
+        same = sign * self.last_sign
+        self.record += self.alpha * (same - self.record)
+        if self.run > self.mean_run:
+            self.record_long += self.alpha * (same - self.record_long)
+        else:
+            self.record_short += self.alpha * (same - self.record_short)
         self.mean_run += self.alpha * (self.run - self.mean_run)
         self.prev_run = self.run
         self.run = 0
-        self.last_sign = 1.0 if r > 0 else -1.0
+        self.last_sign = sign
         self.last_price = price
 
     def write(self, x: Array) -> None:
@@ -153,12 +180,15 @@ class TickFeatures:
         s = self.last_sign
         log_mean = math.log1p(self.mean_run)
         stale = _clip(math.log1p(self.run) - log_mean)
-        x[k] = _clip(self.trend_sum * self._norm)
-        x[k + 1] = s / (1 + self.run)
-        x[k + 2] = s * math.exp(-self.run / (1.0 + self.mean_run))
-        x[k + 3] = stale
-        x[k + 4] = s * stale
-        x[k + 5] = s * _clip(math.log1p(self.prev_run) - log_mean)
+        x[k] = s
+        x[k + 1] = s * self.record
+        x[k + 2] = s * (self.record_long if self.run > self.mean_run else self.record_short)
+        x[k + 3] = _clip(self.trend_sum * self._norm)
+        x[k + 4] = s / (1 + self.run)
+        x[k + 5] = s * math.exp(-self.run / (1.0 + self.mean_run))
+        x[k + 6] = stale
+        x[k + 7] = s * stale
+        x[k + 8] = s * _clip(math.log1p(self.prev_run) - log_mean)
 
     # --------------------------------------------------------------- state
     def state_arrays(self) -> tuple[Array, Array]:
@@ -191,4 +221,7 @@ class TickFeatures:
         self.prev_run = int(values["prev_run"])
         self.pos = int(values["pos"])
         self.last_sign = values["last_sign"]
+        self.record = values["record"]
+        self.record_short = values["record_short"]
+        self.record_long = values["record_long"]
         np.copyto(self.moves, moves)

@@ -271,7 +271,7 @@ class OnlineLearner:
 # settings, the integer counters, the name and shape of each array in payload
 # order and the network blob's length. Floats live only in the arrays (exact).
 MAGIC = b"TPLS"
-VERSION = 1
+VERSION = 2  # 2: features gained sign, record, level_record (3 more inputs and scalars)
 _LEN = struct.Struct("<I")
 _ARRAYS = ("features", "moves", "pending_x", "pending")  # payload order
 

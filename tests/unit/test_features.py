@@ -120,3 +120,33 @@ def test_update_cost_does_not_grow_with_the_window() -> None:
 
     small, large = min(cost(8) for _ in range(3)), min(cost(4096) for _ in range(3))
     assert large < 2.0 * small  # O(1): a 512x larger window costs about the same
+
+
+def test_record_says_bounce_on_a_zigzag_and_run_on_a_trend() -> None:
+    names = feature_names(4)
+    zigzag = [100.0 + 0.25 * (i % 2) for i in range(200)]
+    _, x = features_after(zigzag)
+    s = x[names.index("sign")]
+    assert s == (1.0 if zigzag[-1] > zigzag[-2] else -1.0)
+    assert x[names.index("record")] == pytest.approx(-s, abs=0.01)  # expect the reversal
+    assert x[names.index("level_record")] * s < -0.9  # every level was short: bounced
+    _, x = features_after([100.0 + 0.25 * i for i in range(200)])
+    assert x[names.index("sign")] == 1.0
+    assert x[names.index("record")] == pytest.approx(1.0, abs=0.01)  # expect the run
+
+
+def test_level_record_keeps_long_and_short_levels_apart() -> None:
+    """Moves out of long levels run on, out of short ones bounce: each record learns its own."""
+    prices, p, up = [], 100.0, 1
+    for i in range(400):
+        if i % 2:  # a short level, then a bounce
+            up = -up
+            prices += [p]
+        else:  # a long level, then a break in the same direction
+            prices += [p] * 30
+        p += 0.25 * up
+        prices.append(p)
+    f, x = features_after(prices)
+    assert f.record_long > 0.9 and f.record_short < -0.9
+    names = feature_names(4)
+    assert x[names.index("level_record")] == pytest.approx(x[names.index("sign")] * f.record_short)
