@@ -244,3 +244,16 @@ def test_on_random_walks_the_network_does_no_harm(seed: int) -> None:
     for prices in (daily, ticks):
         r = run([("RW", i, float(p)) for i, p in enumerate(prices)], LearnerConfig())
         assert r["ll_ffbpn"] <= r["ll_base_rate"] + 0.005
+
+
+def test_a_fresh_network_learns_the_bid_ask_bounce_as_well_as_reversal() -> None:
+    """Trades at bid or ask around a random-walk mid: reversal is (nearly) the best rule,
+    and a fresh network must learn it within 20k ticks, not trail it."""
+    rng = np.random.default_rng(2)
+    n = 20_000
+    mid = 1000 + 0.25 * np.cumsum(np.where(rng.random(n) < 0.01, rng.choice([-1, 1], n), 0))
+    side = np.where(np.cumsum(rng.random(n) < 0.2) % 2 == 0, 1.0, -1.0)
+    r = run([("B", i, float(p)) for i, p in enumerate(mid + 0.125 * side)], LearnerConfig())
+    assert r["n"] > 3000
+    assert r["acc_ffbpn"] >= r["acc_reversal"] - 0.003
+    assert r["ll_ffbpn"] < r["ll_base_rate"] - 0.4
