@@ -21,6 +21,14 @@ log = logging.getLogger("tickprop.main")
 
 T = TypeVar("T")
 
+# Client options beyond the settings, measured with benchmarks/bench_worker.py on the local
+# broker. linger_ms batches predictions for up to 20 ms: kafka-python's sender thread then
+# wakes far less often and competes less for the GIL with the learner (~1.5x throughput);
+# it delays delivery, not the hand-over to the producer. fetch_max_wait_ms: the broker
+# answers a fetch after at most 20 ms, so a slow stream is not held back for 500 ms.
+PRODUCER_OPTIONS: dict[str, Any] = {"acks": "all", "linger_ms": 20, "max_block_ms": 10_000}
+CONSUMER_OPTIONS: dict[str, Any] = {"fetch_max_wait_ms": 20}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -89,8 +97,8 @@ def _serve(settings: Any, max_idle_seconds: float | None, startup_timeout: float
         ),
         deadline,
     )
-    consumer = KafkaConsumer(**settings.kafka_consumer_kwargs())
-    producer = KafkaProducer(**kafka_kwargs, acks="all", linger_ms=2, max_block_ms=10_000)
+    consumer = KafkaConsumer(**settings.kafka_consumer_kwargs(), **CONSUMER_OPTIONS)
+    producer = KafkaProducer(**kafka_kwargs, **PRODUCER_OPTIONS)
     metrics = Metrics()
     worker = Worker(settings, consumer, producer, store, metrics)
     server = serve(

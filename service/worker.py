@@ -181,6 +181,9 @@ class Worker:
         self._lock = threading.RLock()
         self._last_record_at = clock.monotonic()
         self._gauges_at = -math.inf
+        self._processed = metrics.ticks.labels(outcome="processed")
+        self._invalid = metrics.ticks.labels(outcome="invalid")
+        self._late = metrics.ticks.labels(outcome="late")
 
     @property
     def ready(self) -> bool:
@@ -343,13 +346,12 @@ class Worker:
         part = self.partitions.get(tp)
         if part is None or part.status is not Status.ACTIVE:
             return  # revoked, fenced or paused meanwhile; its position was reset by seek
+        # Checkpoints happen between batches (in step), never between a tick's poll and its
+        # publish, so they add to no tick's latency; a batch holds at most poll_max_records,
+        # which bounds how far a checkpoint can overshoot checkpoint_every_ticks.
         for record in records:
             if part.next_offset is not None and record.offset < part.next_offset:
                 continue  # already applied (a fetch from before a seek)
-            if self._checkpoint_is_due(part) and not self._checkpoint(part):
-                return  # paused: the rest is read again after the retry
-            if part.status is not Status.ACTIVE:
-                return
             self._process(part, record, polled_at)
             part.next_offset = record.offset + 1
             part.ticks_since_checkpoint += 1
@@ -365,7 +367,7 @@ class Worker:
                 raise codec.InvalidTick(codec.TOO_LARGE, f"key is {len(key)} bytes, limit {limit}")
             tick = codec.decode_tick(key, value, max_bytes=limit)
         except codec.InvalidTick as exc:
-            metrics.ticks.labels(outcome="invalid").inc()
+            self._invalid.inc()
             self._dead_letter(part, record, exc.reason, exc.detail)
             return
         learner = part.learners.get(tick.symbol)
@@ -378,7 +380,7 @@ class Worker:
                 return
             learner = part.learners[tick.symbol] = OnlineLearner(tick.symbol, self.config)
         if learner.is_late(tick.ts_ms):
-            metrics.ticks.labels(outcome="late").inc()
+            self._late.inc()
             self._dead_letter(
                 part, record, codec.LATE, f"ts {tick.ts_ms} is older than the symbol's last tick"
             )
@@ -399,7 +401,7 @@ class Worker:
         )
         self._send(part, self.settings.predictions_topic, tick.symbol.encode(), value_out, None)
         metrics.process_seconds.observe(self.clock.perf_counter() - polled_at)
-        metrics.ticks.labels(outcome="processed").inc()
+        self._processed.inc()
         metrics.predictions.inc()
         if result.steps:
             metrics.learn_steps.inc(result.steps)
