@@ -181,14 +181,35 @@ class Worker:
         self._lock = threading.RLock()
         self._last_record_at = clock.monotonic()
         self._gauges_at = -math.inf
+        self._kafka_answering = True  # as last logged
         self._processed = metrics.ticks.labels(outcome="processed")
         self._invalid = metrics.ticks.labels(outcome="invalid")
         self._late = metrics.ticks.labels(outcome="late")
 
     @property
     def ready(self) -> bool:
-        """Polling Kafka fine and every assigned partition claimed and persisting."""
-        return self._running and self._poll_failures == 0 and self._all_active()
+        """Polling Kafka fine, the group coordinator answering, every partition persisting."""
+        return (
+            self._running
+            and self._poll_failures == 0
+            and self.kafka_answering()
+            and self._all_active()
+        )
+
+    def kafka_answering(self) -> bool:
+        """A group heartbeat went out within the session timeout.
+
+        A frozen or cut-off broker makes poll() return nothing instead of failing, so this
+        is the sign: kafka-python sends the next heartbeat only once the last one is
+        answered (and none before the first join, or during a rebalance). Clients
+        without the metric (fakes) count as answering.
+        """
+        try:
+            group = self.consumer.metrics()["consumer-coordinator-metrics"]
+            age = float(group["last-heartbeat-seconds-ago"])
+        except (AttributeError, KeyError, TypeError, ValueError, KafkaError):
+            return True
+        return age < self.settings.session_timeout_ms / 1000
 
     # ------------------------------------------------------------------ life cycle
     def stop(self) -> None:
@@ -599,6 +620,17 @@ class Worker:
         m.assigned_partitions.set(len(self.partitions))
         m.symbols.set(self._symbol_count())
         m.ready.set(1 if self.ready else 0)
+        answering = self.kafka_answering() or not self._joined  # no heartbeats before a join
+        if answering != self._kafka_answering:
+            self._kafka_answering = answering
+            if answering:
+                log.info("kafka answering again", extra={"event": "kafka_answering"})
+            else:
+                m.dependency_errors.labels(dependency="kafka").inc()
+                log.error(
+                    "kafka silent: no group heartbeat answered within the session timeout",
+                    extra={"event": "kafka_silent"},
+                )
         for part in self.partitions.values():
             lag = self.lag(part)
             if lag is not None:
