@@ -141,7 +141,10 @@ class TickFeatures:
         if price == last:
             self.run += 1
             return
-        r = math.log(price / last)
+        ratio = price / last
+        # Valid prices span 5e-324..1.8e308, so the ratio can under- or overflow (log(0)
+        # raised and crashed the worker on every restart): then take the logs apart.
+        r = math.log(ratio) if 0.0 < ratio < math.inf else math.log(price) - math.log(last)
         var = self.var
         if var > 0.0:
             z = _clip(r / math.sqrt(var))
