@@ -201,7 +201,8 @@ class Worker:
 
         A frozen or cut-off broker makes poll() return nothing instead of failing, so this
         is the sign: kafka-python sends the next heartbeat only once the last one is
-        answered (and none before the first join, or during a rebalance). Clients
+        answered (and none during a rebalance). Before the first heartbeat (start-up,
+        the first assignment) the age is infinite: not a sign of silence. Clients
         without the metric (fakes) count as answering.
         """
         try:
@@ -209,7 +210,7 @@ class Worker:
             age = float(group["last-heartbeat-seconds-ago"])
         except (AttributeError, KeyError, TypeError, ValueError, KafkaError):
             return True
-        return age < self.settings.session_timeout_ms / 1000
+        return math.isinf(age) or age < self.settings.session_timeout_ms / 1000
 
     # ------------------------------------------------------------------ life cycle
     def stop(self) -> None:
@@ -620,7 +621,7 @@ class Worker:
         m.assigned_partitions.set(len(self.partitions))
         m.symbols.set(self._symbol_count())
         m.ready.set(1 if self.ready else 0)
-        answering = self.kafka_answering() or not self._joined  # no heartbeats before a join
+        answering = self.kafka_answering()
         if answering != self._kafka_answering:
             self._kafka_answering = answering
             if answering:
