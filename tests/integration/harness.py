@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from kafka import KafkaProducer
-from worker_kit import ROOT, Produced, WorkerProcess, read_topic, valid_ids
+from worker_kit import ROOT, Produced, WorkerProcess, read_topic
 
-from service.codec import InvalidTick, decode_tick
+from service.codec import DEFAULT_MAX_BYTES, TOO_LARGE, InvalidTick, Tick, decode_tick
 from service.embedded import create_topics
 
 Record = tuple[bytes | None, bytes | None, list[tuple[str, bytes]] | None]
@@ -141,7 +141,29 @@ def inspect_symbols(env: dict[str, str]) -> dict[str, dict[str, Any]]:
     return dict(json.loads(tickprop(["inspect"], env))["symbols"])
 
 
-def write_valid_csv(produced: Produced, path: Path) -> int:
+def as_tick(key: bytes | None, value: bytes | None, max_bytes: int = DEFAULT_MAX_BYTES) -> Tick:
+    """The worker's validity rule for one record: key and value within max_bytes, decodes."""
+    if key is not None and len(key) > max_bytes:
+        raise InvalidTick(TOO_LARGE, f"key is {len(key)} bytes")
+    return decode_tick(key, value, max_bytes=max_bytes)
+
+
+def valid_positions(produced: Produced, max_bytes: int = DEFAULT_MAX_BYTES) -> list[int]:
+    """Indexes of the records the worker must process: valid and not late for their symbol."""
+    last_ts: dict[str, int] = {}
+    out = []
+    for i, (key, value, _) in enumerate(produced.records):
+        try:
+            tick = as_tick(key, value, max_bytes)
+        except InvalidTick:
+            continue
+        if tick.ts_ms >= last_ts.get(tick.symbol, -1):
+            last_ts[tick.symbol] = tick.ts_ms
+            out.append(i)
+    return out
+
+
+def write_valid_csv(produced: Produced, path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> int:
     """The records that decode as ticks, in produced order, as a backtest CSV; their count.
 
     Each symbol lives in one partition (key = symbol), so its ticks' order in the file is
@@ -153,7 +175,7 @@ def write_valid_csv(produced: Produced, path: Path) -> int:
         out.writerow(["ts", "symbol", "price", "volume"])
         for key, value, _ in produced.records:
             try:
-                tick = decode_tick(key, value)
+                tick = as_tick(key, value, max_bytes)
             except InvalidTick:
                 continue
             volume = "" if tick.volume is None else repr(tick.volume)
@@ -163,11 +185,14 @@ def write_valid_csv(produced: Produced, path: Path) -> int:
 
 
 def backtest_symbols(
-    produced: Produced, tmp_path: Path, env: dict[str, str]
+    produced: Produced, tmp_path: Path, env: dict[str, str], max_bytes: int = DEFAULT_MAX_BYTES
 ) -> dict[str, dict[str, Any]]:
-    """`tickprop backtest` over the valid records: {SYM: {model_version, weights_sha256}}."""
+    """`tickprop backtest` over the valid records: {SYM: {model_version, weights_sha256}}.
+
+    Late ticks stay in the file: the backtest skips them as the worker dead-letters them.
+    """
     csv_path, report_path = tmp_path / "valid_ticks.csv", tmp_path / "backtest.json"
-    write_valid_csv(produced, csv_path)
+    write_valid_csv(produced, csv_path, max_bytes)
     tickprop(["backtest", "--csv", str(csv_path), "--json", str(report_path), "--no-progress"], env)
     report = json.loads(report_path.read_text())
     return {
@@ -177,12 +202,21 @@ def backtest_symbols(
 
 
 # ---------------------------------------------------------------- outputs
-def check_predictions(bootstrap: str, topic: str, ticks_topic: str, produced: Produced) -> int:
+def check_predictions(
+    bootstrap: str,
+    topic: str,
+    ticks_topic: str,
+    produced: Produced,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> int:
     """Assert one prediction id per valid tick and identical re-sends; the number re-sent."""
     by_id: dict[str, list[bytes]] = defaultdict(list)
     for record in read_topic(bootstrap, topic):
         by_id[json.loads(record.value)["id"]].append(record.value)
-    expected = valid_ids(ticks_topic, produced)
+    expected = {
+        f"{ticks_topic}/{p}/{o}"
+        for p, o in (produced.positions[i] for i in valid_positions(produced, max_bytes))
+    }
     missing, extra = expected - set(by_id), set(by_id) - expected
     assert not missing and not extra, (
         f"{len(missing)} valid ticks without a prediction (e.g. {sorted(missing)[:3]}), "
