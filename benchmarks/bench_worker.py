@@ -50,7 +50,7 @@ from service.main import CONSUMER_OPTIONS, PRODUCER_OPTIONS  # noqa: E402
 from service.metrics import Metrics  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from service.store import Store  # noqa: E402
-from service.worker import Worker, _Listener  # noqa: E402
+from service.worker import Worker  # noqa: E402
 
 
 def settings_for(bootstrap: str, redis_url: str, names: Names) -> Settings:
@@ -114,8 +114,7 @@ def make_worker(settings: Settings, redis_url: str) -> tuple[Worker, Recorder]:
         Store(redis.Redis.from_url(redis_url), settings.group_id),
         metrics,
     )
-    worker.consumer.subscribe([settings.ticks_topic], listener=_Listener(worker))
-    worker._running = True
+    worker.start()
     return worker, recorder
 
 

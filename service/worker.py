@@ -217,11 +217,15 @@ class Worker:
         """Ask the loop to finish its batch, checkpoint, commit and return (signal-safe)."""
         self._stopping = True
 
-    def run(self, max_idle_seconds: float | None = None) -> int:
-        """Consume until stop() (or idle for `max_idle_seconds` once drained); exit code."""
+    def start(self) -> None:
+        """Subscribe to the ticks topic; partitions are claimed inside the following polls."""
         self.consumer.subscribe([self.settings.ticks_topic], listener=_Listener(self))
         self._running = True
         log.info("worker started", extra={"event": "started", "topic": self.settings.ticks_topic})
+
+    def run(self, max_idle_seconds: float | None = None) -> int:
+        """Consume until stop() (or idle for `max_idle_seconds` once drained); exit code."""
+        self.start()
         while not self._stopping:
             self.step()
             if max_idle_seconds is not None and self._idle_for(max_idle_seconds):
@@ -340,7 +344,6 @@ class Worker:
             self.consumer.seek(tp, 0)  # out of range (retention) resets to earliest
         else:
             self.consumer.seek(tp, state.offset)
-        self.consumer.resume(tp)
         log.info(
             "partition claimed",
             extra={
@@ -367,7 +370,7 @@ class Worker:
     ) -> None:
         part = self.partitions.get(tp)
         if part is None or part.status is not Status.ACTIVE:
-            return  # revoked, fenced or paused meanwhile; its position was reset by seek
+            return  # revoked, fenced or paused: read again after the seek that resumes it
         # Checkpoints happen between batches (in step), never between a tick's poll and its
         # publish, so they add to no tick's latency; a batch holds at most poll_max_records,
         # which bounds how far a checkpoint can overshoot checkpoint_every_ticks.
@@ -513,7 +516,6 @@ class Worker:
             )
             part.reset(Status.FENCED)
             part.retry_at = self.clock.monotonic() + 2 * self.settings.session_timeout_ms / 1000
-            self._safe_pause(tp)
             return False
         except (StoreUnavailable, OffsetWentBackwards) as exc:
             self._checkpoint_failed(part, exc)
@@ -553,13 +555,21 @@ class Worker:
         self._pause(part, exc, "checkpoint_failed")
 
     def _pause(self, part: Partition, exc: BaseException, event: str) -> None:
+        """Stop processing `part` until `retry_at`; it resumes with a seek to its offset.
+
+        Records polled for a paused partition are dropped (they are read again after the
+        seek). KafkaConsumer.pause() is deliberately not used: in kafka-python 3.0.12 a
+        resumed partition whose prefetched records were parked while paused is never
+        fetched again (the fetcher restores parked records only while no other partition's
+        exhausted records are in line), which stalled the partition for good after a
+        Redis outage in test_worker_faults.
+        """
         dependency = "redis" if isinstance(exc, StoreError) else "kafka"
         self.metrics.dependency_errors.labels(dependency=dependency).inc()
         self.metrics.dependency_up.labels(dependency=dependency).set(0)
         part.failures += 1
         delay = _backoff(part.failures)
         part.retry_at = self.clock.monotonic() + delay
-        self._safe_pause(part.tp)
         log.error(
             f"{event.replace('_', ' ')}; partition paused, retrying",
             extra={
@@ -571,12 +581,6 @@ class Worker:
             },
         )
 
-    def _safe_pause(self, tp: TopicPartition) -> None:
-        try:
-            self.consumer.pause(tp)
-        except (KafkaError, ValueError) as exc:  # no longer assigned
-            log.debug("pause failed", extra={"error": repr(exc)})
-
     def _retry_paused(self) -> None:
         now = self.clock.monotonic()
         with self._lock:
@@ -587,7 +591,6 @@ class Worker:
                     if self._checkpoint(part):
                         part.status = Status.ACTIVE
                         self.consumer.seek(part.tp, part.next_offset)
-                        self.consumer.resume(part.tp)
                 elif part.status is Status.NEEDS_CLAIM:
                     self._claim(part)
                 elif part.status is Status.FENCED and part.tp in self.consumer.assignment():

@@ -285,3 +285,39 @@ class Names:
             "TICKPROP_DLQ_TOPIC": self.dlq,
             "TICKPROP_GROUP_ID": self.group,
         }
+
+
+def in_process_worker(broker: str, redis_url: str, names: Names, **settings: Any) -> Any:
+    """A real Worker (real consumer, producer, store; fresh metrics registry), started."""
+    from service.main import CONSUMER_OPTIONS, PRODUCER_OPTIONS
+    from service.metrics import Metrics
+    from service.settings import Settings
+    from service.worker import Worker
+
+    s = Settings(
+        kafka_bootstrap_servers=broker,
+        redis_url=redis_url,
+        ticks_topic=names.ticks,
+        predictions_topic=names.predictions,
+        dlq_topic=names.dlq,
+        group_id=names.group,
+        **settings,
+    )
+    client = redis.Redis.from_url(redis_url, **s.redis_client_kwargs())
+    worker = Worker(
+        s,
+        KafkaConsumer(**s.kafka_consumer_kwargs(), **CONSUMER_OPTIONS),
+        KafkaProducer(**s.kafka_client_kwargs(), **PRODUCER_OPTIONS),
+        Store(client, names.group),
+        Metrics(),
+    )
+    worker.start()
+    return worker
+
+
+def step_until(worker: Any, condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        worker.step()
