@@ -26,7 +26,16 @@ T = TypeVar("T")
 # wakes far less often and competes less for the GIL with the learner (~1.5x throughput);
 # it delays delivery, not the hand-over to the producer. fetch_max_wait_ms: the broker
 # answers a fetch after at most 20 ms, so a slow stream is not held back for 500 ms.
-PRODUCER_OPTIONS: dict[str, Any] = {"acks": "all", "linger_ms": 20, "max_block_ms": 10_000}
+# enable_idempotence=False: kafka-python 3 turns it on by default, and after a broker that
+# lost its state (a restart of an in-memory Tansu) InitProducerId fails and the producer
+# stays fatally broken: every publish failed and the worker rewound forever
+# (test_outages). Outputs are at-least-once and idempotent by `id` anyway.
+PRODUCER_OPTIONS: dict[str, Any] = {
+    "acks": "all",
+    "linger_ms": 20,
+    "max_block_ms": 10_000,
+    "enable_idempotence": False,
+}
 CONSUMER_OPTIONS: dict[str, Any] = {"fetch_max_wait_ms": 20}
 
 
