@@ -35,7 +35,7 @@ from worker_kit import (
     worker_env,
 )
 
-from service.embedded import EmbeddedBroker, EmbeddedRedis
+from service.embedded import EmbeddedBroker, EmbeddedRedis, create_topics
 
 OUTAGE_SECONDS = 10.0
 ALL = set(range(6))
@@ -209,3 +209,63 @@ def test_worker_frozen_past_its_session_cannot_overwrite_the_new_owners_checkpoi
             if w.process.poll() is None:
                 os.kill(w.process.pid, signal.SIGCONT)
                 w.kill()
+
+
+def test_broker_killed_and_restarted_empty_then_replayed_worker_resumes_from_redis(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The embedded broker keeps topics in memory only, so a restart loses them all.
+
+    A source that replays the stream into the new broker writes the same records at the
+    same offsets (keyed partitioning, same order); the worker must survive the gap without
+    a crash loop, then continue from the offsets in Redis, applying nothing twice.
+    """
+    names = Names.fresh()
+    ticks = tick_records(mixed_ticks(2000, 4000))
+    half = len(ticks) // 2
+    with EmbeddedBroker() as own_broker:
+        bootstrap = own_broker.bootstrap
+        env = worker_env(bootstrap, redis_url, names, checkpoint_every_ticks=300)
+        first = PacedProducer(bootstrap, names.ticks, ticks[:half], rate=10_000)
+        first.start()
+        first_half = first.finish()
+        worker = WorkerProcess(env, tmp_path / "worker.log")
+        try:
+            port = metrics_port(worker)
+            wait_until(
+                lambda: stored_offsets(redis_url, names.group) == first_half.end_offsets(),
+                timeout=60,
+                what="the first half checkpointed",
+            )
+            before = stored_offsets(redis_url, names.group)
+            own_broker.kill()  # SIGKILL: every topic and the group are gone
+            killed_at = time.monotonic()
+            noticed = _await_status(port, 503, 30, "/readyz 503 with the broker gone")
+            time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - killed_at)))
+            assert worker.process.poll() is None, worker.tail()  # no crash, no restart loop
+            assert stored_offsets(redis_url, names.group) == before  # state untouched
+
+            own_broker.start()  # same port, empty
+            for topic in (names.predictions, names.dlq):
+                create_topics(bootstrap, [topic], partitions=6)
+            replay = PacedProducer(bootstrap, names.ticks, ticks, rate=10_000)
+            replay.start()
+            produced = replay.finish()
+            replayed = dict(zip(produced.positions, produced.records, strict=True))
+            for position, record in zip(first_half.positions, first_half.records, strict=True):
+                assert replayed[position] == record  # the same records at the same offsets
+            recovered = _await_status(port, 200, 60, "/readyz 200 after the restart")
+            wait_until(
+                lambda: stored_offsets(redis_url, names.group) == produced.end_offsets(),
+                timeout=90,
+                what="the replayed stream checkpointed",
+            )
+            print(
+                f"broker killed {OUTAGE_SECONDS:.0f} s: /readyz 503 after {noticed:.2f} s; "
+                f"ready again {recovered:.2f} s after the replay was produced"
+            )
+            assert worker.terminate() == 0, worker.tail()
+        finally:
+            if worker.process.poll() is None:
+                worker.kill()
+    assert inspect_symbols(env) == backtest_symbols(produced, tmp_path, env)
