@@ -108,8 +108,12 @@ def _serve(settings: Any, max_idle_seconds: float | None, startup_timeout: float
     )
     consumer = KafkaConsumer(**settings.kafka_consumer_kwargs(), **CONSUMER_OPTIONS)
     producer = KafkaProducer(**kafka_kwargs, **PRODUCER_OPTIONS)
+    dlq_reader = KafkaConsumer(
+        **kafka_kwargs, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
+        **CONSUMER_OPTIONS,
+    )  # fmt: skip
     metrics = Metrics()
-    worker = Worker(settings, consumer, producer, store, metrics)
+    worker = Worker(settings, consumer, producer, store, metrics, dlq_reader=dlq_reader)
     server = serve(
         metrics, settings.metrics_host, settings.metrics_port, ready=lambda: worker.ready
     )
@@ -130,6 +134,7 @@ def _serve(settings: Any, max_idle_seconds: float | None, startup_timeout: float
         return worker.run(max_idle_seconds=max_idle_seconds)
     finally:
         producer.close(timeout=10)
+        dlq_reader.close()
         server.stop()
         client.close()
 

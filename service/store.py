@@ -21,6 +21,9 @@ EPOCH_FIELD = b"epoch"
 # under an escaped name starting with NUL, which no valid symbol (printable text) contains.
 RESERVED_FIELDS = frozenset({OFFSET_FIELD, EPOCH_FIELD})
 ESCAPE = b"\x00"
+# Where, in the partition's dead-letter partition, this partition's dead letters sent after
+# the checkpoint can start (see Worker). NUL-led, so no symbol's field can take this name.
+DLQ_MARK_FIELD = ESCAPE + b"dlq_mark"
 
 
 def symbol_field(symbol: str) -> bytes:
@@ -83,6 +86,7 @@ class PartitionState:
     epoch: int
     offset: int | None
     blobs: dict[str, bytes] = field(default_factory=dict)
+    dlq_mark: int | None = None  # see DLQ_MARK_FIELD
 
 
 def partition_key(group: str, topic: str, partition: int) -> str:
@@ -99,13 +103,15 @@ def _parse_hash(fields: Mapping[bytes, bytes]) -> PartitionState:
     blobs = {
         field_symbol(name): bytes(value)
         for name, value in fields.items()
-        if name not in RESERVED_FIELDS
+        if name not in RESERVED_FIELDS and name != DLQ_MARK_FIELD
     }
     offset = fields.get(OFFSET_FIELD)
+    mark = fields.get(DLQ_MARK_FIELD)
     return PartitionState(
         epoch=int(fields.get(EPOCH_FIELD) or 0),
         offset=None if offset is None else int(offset),
         blobs=blobs,
+        dlq_mark=None if mark is None else int(mark),
     )
 
 
@@ -146,15 +152,19 @@ class Store:
         epoch: int,
         offset: int,
         blobs: Mapping[str, bytes],
+        dlq_mark: int | None = None,
     ) -> None:
         """Write changed symbols' blobs and the next offset, only if ``epoch`` is still ours.
 
         Raises ``Fenced`` when another claim happened since ours, ``OffsetWentBackwards``
         when ``offset`` is below the stored one (nothing is written in either case).
+        ``dlq_mark``, when given, is written in the same step.
         """
         args: list[bytes | int] = [epoch, offset]
         for symbol, blob in blobs.items():
             args.extend((symbol_field(symbol), blob))
+        if dlq_mark is not None:
+            args.extend((DLQ_MARK_FIELD, dlq_mark))
         key = self.key(topic, partition)
         try:
             reply = self._checkpoint(keys=[key], args=args)

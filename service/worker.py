@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, KafkaTimeoutError
 
 from model.learner import LearnerConfig, OnlineLearner, Score
 from service import codec
@@ -45,6 +45,13 @@ MODELS = ("ffbpn", "base_rate", "persistence", "reversal")
 PROBABILISTIC = ("ffbpn", "base_rate")
 MAX_BACKOFF_SECONDS = 5.0
 FLUSH_TIMEOUT_SECONDS = 10.0
+DLQ_READ_TIMEOUT_SECONDS = 30.0
+# Headers of codec.dlq_headers that say where a dead letter came from.
+SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET = (
+    "tickprop.source.topic",
+    "tickprop.source.partition",
+    "tickprop.source.offset",
+)
 
 
 class Clock(Protocol):
@@ -76,6 +83,13 @@ class Partition:
     failures: int = 0
     retry_at: float = 0.0
     send_failed: bool = False
+    # Dead letters: `dlq_mark` (stored) is where this partition's dead letters sent after
+    # the checkpoint can start in its DLQ partition; `dlq_last` the last offset our own
+    # dead letters got since the claim; `dlq_sent` the source offsets (>= the checkpoint)
+    # already dead-lettered by an earlier owner, None until the DLQ has been read.
+    dlq_mark: int | None = None
+    dlq_last: int | None = None
+    dlq_sent: set[int] | None = None
 
     def reset(self, status: Status) -> None:
         """Drop the in-memory state; it will be re-read from Redis."""
@@ -85,6 +99,8 @@ class Partition:
         self.next_offset = None
         self.ticks_since_checkpoint = 0
         self.send_failed = False
+        self.dlq_last = None
+        self.dlq_sent = None
 
 
 class RollingScores:
@@ -163,6 +179,7 @@ class Worker:
         learner_config: LearnerConfig | None = None,
         score_window: int = 1000,
         poll_timeout_ms: int = 200,
+        dlq_reader: Any | None = None,
     ) -> None:
         self.settings = settings
         self.consumer = consumer
@@ -174,6 +191,10 @@ class Worker:
         self.rolling = RollingScores(score_window)
         self.poll_timeout_ms = poll_timeout_ms
         self.partitions: dict[TopicPartition, Partition] = {}
+        # A group-less consumer to read the DLQ after a claim, so a record dead-lettered
+        # before a crash is not dead-lettered again (None: no such de-duplication).
+        self.dlq_reader = dlq_reader
+        self._dlq_partitions: int | None = None
         self._running = False
         self._joined = False  # the group assigned us partitions (possibly none) at least once
         self._stopping = False
@@ -338,6 +359,8 @@ class Worker:
         part.epoch = state.epoch
         part.learners = learners
         part.next_offset = state.offset
+        part.dlq_mark = state.dlq_mark
+        part.dlq_sent = None if self.dlq_reader is not None else set()
         part.failures = 0
         part.last_checkpoint_at = self.clock.monotonic()
         if state.offset is None:
@@ -371,6 +394,8 @@ class Worker:
         part = self.partitions.get(tp)
         if part is None or part.status is not Status.ACTIVE:
             return  # revoked, fenced or paused: read again after the seek that resumes it
+        if part.dlq_sent is None and not self._read_dead_letters(part):
+            return
         # Checkpoints happen between batches (in step), never between a tick's poll and its
         # publish, so they add to no tick's latency; a batch holds at most poll_max_records,
         # which bounds how far a checkpoint can overshoot checkpoint_every_ticks.
@@ -439,12 +464,83 @@ class Worker:
             self.rolling.add(score)
 
     def _dead_letter(self, part: Partition, record: Any, reason: str, detail: str) -> None:
+        """Send the record to the DLQ, in the DLQ partition numbered like its own partition."""
+        self.metrics.dlq.labels(reason=reason).inc()
+        if part.dlq_sent and record.offset in part.dlq_sent:
+            return  # an earlier owner dead-lettered it after its last checkpoint
         tp = part.tp
         headers = list(record.headers or []) + codec.dlq_headers(
             reason, detail, tp.topic, tp.partition, record.offset
         )
-        self._send(part, self.settings.dlq_topic, record.key, record.value, headers)
-        self.metrics.dlq.labels(reason=reason).inc()
+        try:
+            future = self.producer.send(
+                self.settings.dlq_topic,
+                key=record.key,
+                value=record.value,
+                headers=headers,
+                partition=self._dlq_partition(tp),
+            )
+        except KafkaError as exc:
+            self._mark_send_failed(part, exc)
+            return
+        future.add_callback(self._note_dead_letter, part)
+        future.add_errback(self._mark_send_failed, part)
+
+    def _note_dead_letter(self, part: Partition, metadata: Any) -> None:
+        # Runs on the producer's thread; the checkpoint after flush() reads it.
+        if part.dlq_last is None or metadata.offset > part.dlq_last:
+            part.dlq_last = metadata.offset
+
+    def _dlq_partition(self, tp: TopicPartition) -> int:
+        if self._dlq_partitions is None:
+            partitions = self.producer.partitions_for(self.settings.dlq_topic)
+            self._dlq_partitions = max(1, len(partitions or ()))
+        return tp.partition % self._dlq_partitions
+
+    def _read_dead_letters(self, part: Partition) -> bool:
+        """Find the records of `part` from its offset on that are in the DLQ already.
+
+        Reads the partition's DLQ partition from the stored mark to its end. False (and
+        the partition paused for a new claim) when Kafka does not answer in time.
+        """
+        reader, tp = self.dlq_reader, part.tp
+        if reader is None:
+            part.dlq_sent = set()
+            return True
+        start = part.next_offset or 0
+        sent: set[int] = set()
+        try:
+            dlq_tp = TopicPartition(self.settings.dlq_topic, self._dlq_partition(tp))
+            reader.assign([dlq_tp])
+            reader.seek(dlq_tp, part.dlq_mark or 0)
+            deadline = self.clock.monotonic() + DLQ_READ_TIMEOUT_SECONDS
+            source = (tp.topic.encode(), str(tp.partition).encode())
+            while True:
+                for records in reader.poll(timeout_ms=100).values():
+                    for record in records:
+                        headers = dict(record.headers or [])  # ours come last, so they win
+                        if (headers.get(SOURCE_TOPIC), headers.get(SOURCE_PARTITION)) == source:
+                            offset = int(headers.get(SOURCE_OFFSET, b"-1"))
+                            if offset >= start:
+                                sent.add(offset)
+                highwater = reader.highwater(dlq_tp)
+                if highwater is not None and reader.position(dlq_tp) >= highwater:
+                    break
+                if self.clock.monotonic() > deadline:
+                    raise KafkaTimeoutError(
+                        f"reading {dlq_tp} took over {DLQ_READ_TIMEOUT_SECONDS} s"
+                    )
+        except (KafkaError, ValueError) as exc:
+            part.reset(Status.NEEDS_CLAIM)
+            self._pause(part, exc, "dlq_read_failed")
+            return False
+        part.dlq_sent = sent
+        if sent:
+            log.info(
+                "records dead-lettered before a restart will not be sent again",
+                extra={"event": "dlq_known", "partition": tp.partition, "records": len(sent)},
+            )
+        return True
 
     def _send(
         self,
@@ -505,8 +601,11 @@ class Worker:
             self._pause(part, RuntimeError("a publish failed"), "rewind")
             return False
         blobs = {symbol: part.learners[symbol].to_bytes() for symbol in part.dirty}
+        mark = None if part.dlq_last is None else part.dlq_last + 1
         try:
-            self.store.checkpoint(tp.topic, tp.partition, part.epoch, part.next_offset, blobs)
+            self.store.checkpoint(
+                tp.topic, tp.partition, part.epoch, part.next_offset, blobs, dlq_mark=mark
+            )
         except Fenced as exc:
             self.metrics.checkpoint_failures.inc()
             self.metrics.fenced_checkpoints.inc()

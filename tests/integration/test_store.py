@@ -106,3 +106,15 @@ def test_unreachable_redis_raises_store_unavailable() -> None:
         store.claim("ticks", 0)
     with pytest.raises(StoreUnavailable):
         store.ping()
+
+
+def test_dlq_mark_is_written_with_the_checkpoint_and_is_not_a_symbol(store: Store) -> None:
+    epoch = store.claim("ticks", 2).epoch
+    store.checkpoint("ticks", 2, epoch, 10, {"ES": b"s"}, dlq_mark=77)
+    store.checkpoint("ticks", 2, epoch, 20, {"ES": b"t"})  # no new dead letters: mark stays
+    state = store.claim("ticks", 2)
+    assert (state.offset, state.dlq_mark, state.blobs) == (20, 77, {"ES": b"t"})
+    stale = state.epoch - 1
+    with pytest.raises(Fenced):
+        store.checkpoint("ticks", 2, stale, 30, {}, dlq_mark=99)
+    assert store.claim("ticks", 2).dlq_mark == 77
