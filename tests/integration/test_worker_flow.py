@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ from worker_kit import (
     valid_ids,
     worker_env,
 )
+
+from service.codec import InvalidTick, decode_tick
 
 MAX_BYTES = 4096
 PREDICTION_KEYS = {
@@ -82,6 +86,7 @@ def run(broker: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -
         "predictions": read_topic(broker, names.predictions),
         "dlq": read_topic(broker, names.dlq),
         "redis_url": redis_url,
+        "broker": broker,
     }
 
 
@@ -145,3 +150,31 @@ def test_worker_logs_are_json_lines(run: dict[str, Any]) -> None:
     lines = [line for line in path.read_text().splitlines() if line.strip()]
     assert lines and all(isinstance(json.loads(line), dict) for line in lines)
     assert run["worker"].events("claimed")
+
+
+def test_tickprop_inspect_equals_tickprop_backtest_over_the_same_ticks(
+    run: dict[str, Any], tmp_path: Path
+) -> None:
+    csv = tmp_path / "valid.csv"
+    with csv.open("w") as f:
+        f.write("ts,symbol,price,volume\n")
+        for key, value, _ in run["produced"].records:
+            try:
+                tick = decode_tick(key, value, max_bytes=MAX_BYTES)
+            except InvalidTick:
+                continue
+            volume = "" if tick.volume is None else repr(tick.volume)
+            f.write(f"{tick.ts_ms},{tick.symbol},{tick.price!r},{volume}\n")
+    env = worker_env(run["broker"], run["redis_url"], run["names"])
+    out = tmp_path / "backtest.json"
+    tickprop = [sys.executable, "-m", "service.cli"]
+    subprocess.run([*tickprop, "backtest", "--csv", str(csv), "--json", str(out)], env=env,
+                   check=True, capture_output=True)  # fmt: skip
+    inspected = json.loads(
+        subprocess.run([*tickprop, "inspect"], env=env, check=True, capture_output=True).stdout
+    )
+    report = json.loads(out.read_text())["per_symbol"]
+    assert inspected["symbols"] == {
+        symbol: {"model_version": r["model_version"], "weights_sha256": r["weights_sha256"]}
+        for symbol, r in report.items()
+    }
