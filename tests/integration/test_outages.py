@@ -149,7 +149,8 @@ def test_broker_frozen_for_10_s_worker_unready_no_crash_then_bit_identical(
                 f"broker frozen {OUTAGE_SECONDS:.0f} s: /readyz 503 after {noticed:.2f} s, "
                 f"ready again {recovered:.2f} s after it resumed"
             )
-            assert worker.events("kafka_silent") and worker.events("kafka_answering")
+            # No log line is asserted: the loop may sit inside kafka-python (a poll or a
+            # flush) for the whole freeze; /readyz, served by its own thread, tells it.
             assert all(
                 stored_offsets(redis_url, names.group)[p] >= offset
                 for p, offset in persisted.items()
