@@ -12,6 +12,7 @@ import random
 import time
 from pathlib import Path
 
+import pytest
 from harness import (
     PacedProducer,
     backtest_symbols,
@@ -28,6 +29,8 @@ from worker_kit import (
     wait_until,
     worker_env,
 )
+
+pytestmark = pytest.mark.slow  # ~100 s together: `-m "not slow"` skips them locally
 
 SETTINGS = {
     "session_timeout_ms": 3000,  # a killed member leaves the group after 3 s
