@@ -17,6 +17,7 @@ builds the real ones.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import math
@@ -334,6 +335,8 @@ class Worker:
                 if part is None:
                     continue
                 self.metrics.rebalances.labels(event="revoked").inc()
+                with contextlib.suppress(KeyError):  # no lag reported for it yet
+                    self.metrics.consumer_lag.remove(str(tp.partition))
                 if part.status in (Status.ACTIVE, Status.CHECKPOINT_FAILING):
                     self._checkpoint(part, commit=commit)
                 log.info(
