@@ -10,8 +10,11 @@ so one `np.dot` does a layer and one outer product gives the gradient of weights
 and bias together. `weights[l]` and `biases[l]` are views into `wb`.
 
 The hot path (`learn_one`) runs on preallocated buffers: the cost of a step is the
-number of numpy calls, not their size. An update that could make any weight
-non-finite is computed aside, checked, and refused if it would (`RefusedUpdate`).
+number of numpy calls, not their size. It uses np.matmul and BLAS ddot rather than
+np.dot, which releases the GIL even for tiny arrays: in the worker, every release let
+kafka-python's threads take the interpreter for up to a switch interval (5 ms).
+An update that could make any weight non-finite is computed aside, checked, and
+refused if it would (`RefusedUpdate`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy.linalg.blas import daxpy as _daxpy
+from scipy.linalg.blas import ddot as _ddot
 from scipy.linalg.blas import dger as _dger
 
 from model.activations import Activation, Array, get_activation
@@ -162,7 +166,7 @@ class Network:
         np.copyto(a_in, x)
         last = len(self._wb) - 1
         for l, (wb, act) in enumerate(zip(self._wb, self.activations, strict=True)):
-            z = np.dot(self._a[l], wb, out=self._z[l])
+            z = np.matmul(self._a[l], wb, out=self._z[l])
             act.f(z, self._out if l == last else self._a_body[l + 1])
         return self._out
 
@@ -186,8 +190,8 @@ class Network:
         np.copyto(a_body[0], x)
         last = len(wb) - 1
         for l in range(last):
-            f[l](np.dot(a[l], wb[l], out=z[l]), a_body[l + 1])
-        return self._scalar_output(float(np.dot(a[last], self._w_out)))
+            f[l](np.matmul(a[l], wb[l], out=z[l]), a_body[l + 1])
+        return self._scalar_output(_ddot(a[last], self._w_out))
 
     # ------------------------------------------------------------------ backward
     def _set_target(self, target: ArrayLike | float) -> Array:
@@ -204,7 +208,7 @@ class Network:
         if not self.loss.needs_sigmoid_output:  # squared: chain through f'(z) of the output
             np.multiply(delta, self.activations[last].grad(self._out, self._fgrad[last]), out=delta)
         for l in range(last, 0, -1):
-            back = np.dot(self._w_body[l], self._delta[l], out=self._delta[l - 1])
+            back = np.matmul(self._w_body[l], self._delta[l], out=self._delta[l - 1])
             fgrad = self.activations[l - 1].grad(self._a_body[l], self._fgrad[l - 1])
             np.multiply(back, fgrad, out=back)
 
@@ -257,7 +261,7 @@ class Network:
         self._forward(x)
         t = self._set_target(target)
         loss = self._loss_value(t)
-        xx = float(np.dot(self._a[0], self._a[0]))
+        xx = _ddot(self._a[0], self._a[0])
         if not (math.isfinite(loss) and math.isfinite(xx)):
             self._refuse(f"loss is {loss}, |x|^2 is {xx}")
         self._backward(t)
@@ -269,7 +273,7 @@ class Network:
             np.multiply(delta, neg_lr, out=delta)
             np.multiply(a_col, delta, out=step)
             # max |step| <= ‖a‖·‖delta‖; a NaN anywhere makes the bound NaN (unsafe).
-            bounds.append(math.sqrt(float(np.dot(a, a)) * float(np.dot(delta, delta))))
+            bounds.append(math.sqrt(_ddot(a, a) * _ddot(delta, delta)))
         return loss, bounds
 
     def _learn_one_hidden(self, x: ArrayLike, t: float) -> float:
@@ -280,9 +284,9 @@ class Network:
             raise ValueError(f"x must have shape ({self.n_in},), got {x.shape}")
         a0, h, g = self._a[0], self._a[1], self._delta[0]
         np.copyto(self._a_body[0], x)
-        xx = float(np.dot(a0, a0))  # NaN or inf here means x is not finite
-        self._hidden_f(np.dot(a0, self._wb[0], out=self._z[0]), self._a_body[1])
-        y, delta, loss = self._scalar_loss(float(np.dot(h, self._w_out)), t)
+        xx = _ddot(a0, a0)  # NaN or inf here means x is not finite
+        self._hidden_f(np.matmul(a0, self._wb[0], out=self._z[0]), self._a_body[1])
+        y, delta, loss = self._scalar_loss(_ddot(h, self._w_out), t)
         if not (loss < math.inf and xx < math.inf):  # False for NaN too
             self._refuse(f"loss is {loss}, |x|^2 is {xx}")
         self._out[0] = y
@@ -314,12 +318,12 @@ class Network:
             raise ValueError(f"x must have shape ({self.n_in},), got {x.shape}")
         a, a_body, wb, g = self._a, self._a_body, self._wb, self._delta
         np.copyto(a_body[0], x)
-        xx = float(np.dot(a[0], a[0]))  # NaN or inf here means x is not finite
+        xx = _ddot(a[0], a[0])  # NaN or inf here means x is not finite
         last = len(wb) - 1
         f, fgrad, z = self._f, self._fgrad_fn, self._z
         for l in range(last):
-            f[l](np.dot(a[l], wb[l], out=z[l]), a_body[l + 1])
-        y, delta, loss = self._scalar_loss(float(np.dot(a[last], self._w_out)), t)
+            f[l](np.matmul(a[l], wb[l], out=z[l]), a_body[l + 1])
+        y, delta, loss = self._scalar_loss(_ddot(a[last], self._w_out), t)
         if not (loss < math.inf and xx < math.inf):  # False for NaN too
             self._refuse(f"loss is {loss}, |x|^2 is {xx}")
         self._out[0] = y
@@ -327,7 +331,7 @@ class Network:
             fgrad[last - 1](a_body[last], g[last - 1])
             np.multiply(g[last - 1], self._w_out_body, out=g[last - 1])
             for l in range(last - 1, 0, -1):
-                np.dot(self._w_body[l], g[l], out=g[l - 1])
+                np.matmul(self._w_body[l], g[l], out=g[l - 1])
                 np.multiply(g[l - 1], fgrad[l - 1](a_body[l], self._fgrad[l - 1]), out=g[l - 1])
         c = -self.learning_rate * delta
         bounds = self._scalar_step_bounds(abs(c), math.sqrt(xx))
