@@ -44,8 +44,9 @@ def seed_from_env(name: str) -> int:
 class PacedProducer(threading.Thread):
     """Sends `records` to `topic` at about `rate` records/s from a background thread.
 
-    `produced` gets every record (in send order) and, after `join()`, where it landed.
-    `sent` counts records handed to the producer so far.
+    With `gated=True` it sends only as many records as `allow(n)` calls have released,
+    so a test can tie the stream to its own steps (e.g. one chunk per worker lifetime,
+    whatever the machine's speed). `sent` counts records handed to the producer so far.
     """
 
     def __init__(
@@ -56,6 +57,7 @@ class PacedProducer(threading.Thread):
         rate: float,
         partitions: int = 6,
         batch: int = 50,
+        gated: bool = False,
     ) -> None:
         super().__init__(daemon=True)
         create_topics(bootstrap, [topic], partitions=partitions)
@@ -66,21 +68,31 @@ class PacedProducer(threading.Thread):
         self.batch = batch
         self.produced = Produced()
         self.sent = 0
+        self.allowed = 0 if gated else len(records)
         self.error: BaseException | None = None
+
+    def allow(self, n: int | None = None) -> None:
+        """Release `n` more records (all the rest when None)."""
+        total = len(self.records)
+        self.allowed = total if n is None else min(total, self.allowed + n)
 
     def run(self) -> None:
         producer = KafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5)
         futures = []
         try:
-            started = time.monotonic()
-            for i in range(0, len(self.records), self.batch):
-                for key, value, headers in self.records[i : i + self.batch]:
+            while self.sent < len(self.records):
+                if self.sent >= self.allowed:
+                    time.sleep(0.01)
+                    continue
+                started = time.monotonic()
+                batch = self.records[self.sent : min(self.sent + self.batch, self.allowed)]
+                for key, value, headers in batch:
                     self.produced.records.append((key, value, list(headers or [])))
                     futures.append(
                         producer.send(self.topic, key=key, value=value, headers=headers or None)
                     )
                 self.sent = len(futures)
-                delay = started + self.sent / self.rate - time.monotonic()
+                delay = started + len(batch) / self.rate - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
             producer.flush(timeout=120)
@@ -93,7 +105,8 @@ class PacedProducer(threading.Thread):
             producer.close(timeout=30)
 
     def finish(self, timeout: float = 180) -> Produced:
-        """Wait until every record is acknowledged; then what the topic holds (`on_broker`)."""
+        """Release and send the rest, wait for every acknowledgement; what the topic holds."""
+        self.allow()
         self.join(timeout)
         if self.is_alive():
             raise AssertionError(f"producer still running after {timeout} s")

@@ -53,7 +53,10 @@ def test_worker_killed_at_random_moments_ends_in_the_backtest_state(
     names = Names.fresh()
     env = worker_env(broker, redis_url, names, **SETTINGS)
     ticks = mixed_ticks(n_stocks=6000, n_es=16000)  # 22,000 real ticks, 6 symbols
-    stream = PacedProducer(broker, names.ticks, tick_records(ticks), rate=320)
+    # One chunk of the stream per worker lifetime, produced live over ~2 s from its claim,
+    # so every kill lands mid-stream however slow the machine; the 11th chunk comes last.
+    chunk = -(-len(ticks) // 11)
+    stream = PacedProducer(broker, names.ticks, tick_records(ticks), rate=1000, gated=True)
     stream.start()
     mid_stream_kills = startup_kills = 0
     started = time.monotonic()
@@ -67,6 +70,7 @@ def test_worker_killed_at_random_moments_ends_in_the_backtest_state(
             startup_kills += 1
             continue
         wait_until(lambda w=worker: w.events("claimed"), timeout=60, what=f"worker{n} claiming")
+        stream.allow(chunk)
         time.sleep(rng.uniform(0.0, 2.5))
         worker.kill()
         persisted = _persisted(redis_url, names.group)
