@@ -1,4 +1,4 @@
-"""tickprop's numeric core: numpy only, no I/O."""
+"""tickprop's numeric core: numpy (and scipy's expit and BLAS), no I/O."""
 
 from model.errors import FormatError, ModelError, RefusedUpdate
 from model.gradcheck import gradient_check, numerical_gradients
