@@ -7,13 +7,12 @@ tests/integration/ are marked `integration` automatically.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from hypothesis import settings as hypothesis_settings
+from worker_kit import Names
 
 from service.embedded import EmbeddedBroker, EmbeddedRedis
 
@@ -56,31 +55,7 @@ def redis_url(redis_server: EmbeddedRedis) -> str:
     return redis_server.url
 
 
-@dataclass(frozen=True)
-class Names:
-    """Topic and group names no other test uses (servers are shared by the session)."""
-
-    ticks: str
-    predictions: str
-    dlq: str
-    group: str
-
-    def env(self) -> dict[str, str]:
-        """TICKPROP_* variables naming these topics and this group."""
-        return {
-            "TICKPROP_TICKS_TOPIC": self.ticks,
-            "TICKPROP_PREDICTIONS_TOPIC": self.predictions,
-            "TICKPROP_DLQ_TOPIC": self.dlq,
-            "TICKPROP_GROUP_ID": self.group,
-        }
-
-
 @pytest.fixture
 def names() -> Names:
-    tag = uuid.uuid4().hex[:10]
-    return Names(
-        ticks=f"ticks-{tag}",
-        predictions=f"predictions-{tag}",
-        dlq=f"ticks-{tag}.dlq",
-        group=f"group-{tag}",
-    )
+    """Topics and a group no other test uses (the servers are shared by the session)."""
+    return Names.fresh()
