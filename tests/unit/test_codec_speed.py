@@ -1,0 +1,115 @@
+"""The fast paths of service.codec give exactly what the generic json paths give."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from service.codec import _dumps, encode_prediction
+
+
+def reference(**fields: object) -> bytes:
+    """The prediction as the generic encoder writes it (the format before the fast path)."""
+    return _dumps(
+        {
+            "id": fields["id"],
+            "symbol": fields["symbol"],
+            "ts": int(fields["ts"]),  # type: ignore[call-overload]
+            "horizon": int(fields["horizon"]),  # type: ignore[call-overload]
+            "p_up": float(fields["p_up"]),  # type: ignore[arg-type]
+            "direction": fields["direction"],
+            "model_version": int(fields["model_version"]),  # type: ignore[call-overload]
+            "features_ready": bool(fields["features_ready"]),
+        }
+    )
+
+
+@given(
+    id=st.text(max_size=80),
+    symbol=st.text(min_size=1, max_size=64),
+    ts=st.integers(0, 253_402_300_799_999),
+    horizon=st.integers(1, 1000),
+    p_up=st.floats(0.0, 1.0) | st.floats(allow_nan=False, allow_infinity=False),
+    direction=st.sampled_from(["up", "down"]),
+    model_version=st.integers(0, 2**63),
+    features_ready=st.booleans(),
+)
+def test_encode_prediction_equals_the_generic_encoder(**fields: object) -> None:
+    encoded = encode_prediction(**fields)  # type: ignore[arg-type]
+    assert encoded == reference(**fields)
+    assert json.loads(encoded)["symbol"] == fields["symbol"]  # escaped properly
+
+
+def test_encode_prediction_escapes_quotes_backslashes_and_controls() -> None:
+    symbol = 'a"b\\c\nd\x00é'
+    encoded = encode_prediction("t/0/1", symbol, 1, 1, 0.25, "up", 3, True)
+    assert json.loads(encoded) == {
+        "id": "t/0/1", "symbol": symbol, "ts": 1, "horizon": 1, "p_up": 0.25,
+        "direction": "up", "model_version": 3, "features_ready": True,
+    }  # fmt: skip
+    assert encoded == reference(
+        id="t/0/1", symbol=symbol, ts=1, horizon=1, p_up=0.25, direction="up",
+        model_version=3, features_ready=True,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("p_up", [math.nan, math.inf, -math.inf])
+def test_encode_prediction_refuses_non_finite(p_up: float) -> None:
+    with pytest.raises(ValueError):
+        encode_prediction("t/0/1", "ES", 1, 1, p_up, "up", 0, True)
+
+
+def test_encode_prediction_refuses_a_bad_direction() -> None:
+    with pytest.raises(ValueError):
+        encode_prediction("t/0/1", "ES", 1, 1, 0.5, "sideways", 0, True)
+
+
+def full_checks(key: bytes | None, value: bytes) -> object:
+    """decode_tick with the common-body fast path switched off: the verdict of the
+    field-by-field checks, a Tick or the InvalidTick's (reason, detail)."""
+    from service import codec
+
+    saved = codec._common_tick
+    codec._common_tick = lambda body: None
+    try:
+        return codec.decode_tick(key, value)
+    except codec.InvalidTick as exc:
+        return (exc.reason, exc.detail)
+    finally:
+        codec._common_tick = saved
+
+
+def verdict(key: bytes | None, value: bytes) -> object:
+    from service import codec
+
+    try:
+        return codec.decode_tick(key, value)
+    except codec.InvalidTick as exc:
+        return (exc.reason, exc.detail)
+
+
+json_values = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=70)
+
+
+@given(
+    symbol=json_values | st.sampled_from(["ES", " ES", "E\nS", "x" * 65, ""]),
+    ts=json_values | st.integers(-5, 253_402_300_800_001),
+    price=json_values | st.floats(-1.0, 5000.0),
+    volume=json_values | st.just(...),
+    key=st.none() | st.sampled_from([b"ES", b"XX", b"\xff"]),
+)
+def test_decode_fast_path_agrees_with_the_full_checks(
+    symbol: object, ts: object, price: object, volume: object, key: bytes | None
+) -> None:
+    body = {"symbol": symbol, "ts": ts, "price": price}
+    if volume is not ...:
+        body["volume"] = volume
+    try:
+        value = json.dumps(body).encode()
+    except ValueError:
+        return
+    assert verdict(key, value) == full_checks(key, value)
