@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
 from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.partitioner.default import murmur2
 
 from model.learner import LearnerConfig, OnlineLearner, Score
 from service import codec
@@ -207,6 +208,14 @@ class Worker:
         self._processed = metrics.ticks.labels(outcome="processed")
         self._invalid = metrics.ticks.labels(outcome="invalid")
         self._late = metrics.ticks.labels(outcome="late")
+        # Counts of the batch being processed, added to the counters once per batch: a
+        # prometheus_client counter takes a lock on every inc().
+        self._n_processed = self._n_steps = self._n_refused = 0
+        # Output partition of each symbol's predictions, chosen as kafka-python's default
+        # partitioner would (murmur2 of the key over the sorted partitions) but once per
+        # symbol instead of once per record; forgotten when the partition count changes.
+        self._out_partitions: dict[str, int] = {}
+        self._out_partition_ids: list[int] = []
 
     @property
     def ready(self) -> bool:
@@ -277,8 +286,13 @@ class Worker:
         self.metrics.dependency_up.labels(dependency="kafka").set(1)
         polled_at = self.clock.perf_counter()
         with self._lock:
-            for tp, records in batch.items():
-                self._process_records(tp, records, polled_at)
+            if batch:
+                self._check_output_partitions()
+            try:
+                for tp, records in batch.items():
+                    self._process_records(tp, records, polled_at)
+            finally:
+                self._count_batch()
             self._checkpoint_due()
             self._update_gauges()
 
@@ -402,13 +416,14 @@ class Worker:
         # Checkpoints happen between batches (in step), never between a tick's poll and its
         # publish, so they add to no tick's latency; a batch holds at most poll_max_records,
         # which bounds how far a checkpoint can overshoot checkpoint_every_ticks.
+        process = self._process
         for record in records:
             if part.next_offset is not None and record.offset < part.next_offset:
                 continue  # already applied (a fetch from before a seek)
-            self._process(part, record, polled_at)
+            process(part, record, polled_at)
             part.next_offset = record.offset + 1
             part.ticks_since_checkpoint += 1
-            self._last_record_at = self.clock.monotonic()
+        self._last_record_at = self.clock.monotonic()
 
     def _process(self, part: Partition, record: Any, polled_at: float) -> None:
         metrics = self.metrics
@@ -438,33 +453,68 @@ class Worker:
                 part, record, codec.LATE, f"ts {tick.ts_ms} is older than the symbol's last tick"
             )
             return
+        symbol = tick.symbol
         result = learner.on_tick(tick.ts_ms, tick.price)
-        part.dirty.add(tick.symbol)
+        part.dirty.add(symbol)
         p = result.prediction
         tp = part.tp
         value_out = codec.encode_prediction(
-            id=f"{tp.topic}/{tp.partition}/{record.offset}",
-            symbol=tick.symbol,
-            ts=tick.ts_ms,
-            horizon=p.horizon,
-            p_up=p.p_up,
-            direction=p.direction,
-            model_version=p.model_version,
-            features_ready=p.features_ready,
+            f"{tp.topic}/{tp.partition}/{record.offset}",
+            symbol,
+            tick.ts_ms,
+            p.horizon,
+            p.p_up,
+            p.direction,
+            p.model_version,
+            p.features_ready,
         )
-        self._send(part, self.settings.predictions_topic, tick.symbol.encode(), value_out, None)
+        partition = self._out_partitions.get(symbol)
+        if partition is None:
+            partition = self._output_partition(symbol)
+        self._send(
+            part, self.settings.predictions_topic, symbol.encode(), value_out, None, partition
+        )
         metrics.process_seconds.observe(self.clock.perf_counter() - polled_at)
-        self._processed.inc()
-        metrics.predictions.inc()
+        self._n_processed += 1
         if result.steps:
-            metrics.learn_steps.inc(result.steps)
+            self._n_steps += result.steps
         if result.refused:
-            metrics.refused_updates.inc(result.refused)
+            self._n_refused += result.refused
         for seconds in result.step_seconds:
             metrics.step_seconds.observe(seconds)
         metrics.event_lag_seconds.observe(max(0.0, self.clock.time() - tick.ts_ms / 1000.0))
         for score in result.scores:
             self.rolling.add(score)
+
+    def _count_batch(self) -> None:
+        """Add the batch's counts to the counters (predictions: one per processed tick)."""
+        if self._n_processed:
+            self._processed.inc(self._n_processed)
+            self.metrics.predictions.inc(self._n_processed)
+        if self._n_steps:
+            self.metrics.learn_steps.inc(self._n_steps)
+        if self._n_refused:
+            self.metrics.refused_updates.inc(self._n_refused)
+        self._n_processed = self._n_steps = self._n_refused = 0
+
+    def _check_output_partitions(self) -> None:
+        """Forget the symbols' output partitions when the predictions topic's changed."""
+        try:
+            ids = sorted(self.producer.partitions_for(self.settings.predictions_topic) or ())
+        except KafkaError:
+            ids = []  # unknown: every send lets the producer's partitioner decide
+        if ids != self._out_partition_ids:
+            self._out_partition_ids = ids
+            self._out_partitions.clear()
+
+    def _output_partition(self, symbol: str) -> int | None:
+        """kafka-python's DefaultPartitioner choice for key `symbol`, remembered."""
+        ids = self._out_partition_ids
+        if not ids:
+            return None
+        partition = ids[(murmur2(symbol.encode()) & 0x7FFFFFFF) % len(ids)]
+        self._out_partitions[symbol] = partition
+        return partition
 
     def _dead_letter(self, part: Partition, record: Any, reason: str, detail: str) -> None:
         """Send the record to the DLQ, in the DLQ partition numbered like its own partition."""
@@ -552,9 +602,12 @@ class Worker:
         key: bytes | None,
         value: bytes | None,
         headers: list[tuple[str, bytes]] | None,
+        partition: int | None = None,
     ) -> None:
         try:
-            future = self.producer.send(topic, key=key, value=value, headers=headers)
+            future = self.producer.send(
+                topic, key=key, value=value, headers=headers, partition=partition
+            )
         except KafkaError as exc:  # e.g. metadata unavailable for max_block_ms
             self._mark_send_failed(part, exc)
             return
