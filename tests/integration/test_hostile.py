@@ -35,6 +35,7 @@ from worker_kit import (
     Names,
     Produced,
     WorkerProcess,
+    dlq_source,
     mixed_ticks,
     produce,
     read_topic,
@@ -244,7 +245,7 @@ def test_hostile_records_are_dead_lettered_with_reasons_and_never_touch_a_model(
     originals = dict(zip(held.positions, held.records, strict=True))
     for record in read_topic(broker, names.dlq):
         headers = {k: v.decode() for k, v in record.headers if k.startswith("tickprop.")}
-        source = (int(headers["tickprop.source.partition"]), int(headers["tickprop.source.offset"]))
+        source = dlq_source(record)
         assert headers["tickprop.source.topic"] == names.ticks
         dead.setdefault(source, []).append(headers["tickprop.reason"])
         key, value, original_headers = originals[source]

@@ -10,6 +10,7 @@ from worker_kit import (
     Names,
     Produced,
     WorkerProcess,
+    dlq_source,
     mixed_ticks,
     produce,
     read_topic,
@@ -68,12 +69,7 @@ def test_kill_9_mid_stream_and_restart_gives_the_uninterrupted_state(
         for (key, value, _), pos in zip(produced.records, produced.positions)
         if not is_tick(key, value)
     }
-    sources = Counter()
-    for record in read_topic(broker, names.dlq):
-        headers = dict(record.headers)
-        sources[
-            (int(headers["tickprop.source.partition"]), int(headers["tickprop.source.offset"]))
-        ] += 1
+    sources = Counter(dlq_source(record) for record in read_topic(broker, names.dlq))
     assert sources == Counter(dict.fromkeys(bad, 1))
 
 
@@ -129,11 +125,6 @@ def test_dead_letters_sent_before_a_crash_are_not_sent_again(
     assert second.wait(timeout=120) == 0, second.tail()
     assert second.events("dlq_known")  # it found what the first one had sent
 
-    sources = Counter()
-    for record in read_topic(broker, names.dlq):
-        headers = dict(record.headers)
-        sources[
-            (int(headers["tickprop.source.partition"]), int(headers["tickprop.source.offset"]))
-        ] += 1
+    sources = Counter(dlq_source(record) for record in read_topic(broker, names.dlq))
     assert sources == Counter(dict.fromkeys(bad, 1))
     assert stored_symbols(redis_url, names.group) == reference_symbols(produced)

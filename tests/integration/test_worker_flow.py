@@ -14,6 +14,7 @@ from worker_kit import (
     Names,
     Produced,
     WorkerProcess,
+    dlq_source,
     mixed_ticks,
     produce,
     read_topic,
@@ -127,7 +128,7 @@ def test_malformed_records_are_dead_lettered_with_reason_and_source(run: dict[st
     for record in run["dlq"]:
         headers = dict(record.headers)
         assert headers["tickprop.source.topic"] == run["names"].ticks.encode()
-        pos = (int(headers["tickprop.source.partition"]), int(headers["tickprop.source.offset"]))
+        pos = dlq_source(record)
         (key, value, original_headers), reason = expected[pos]
         assert headers["tickprop.reason"] == reason.encode()
         assert headers["tickprop.detail"]

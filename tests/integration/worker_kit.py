@@ -117,6 +117,12 @@ def tick_records(ticks: Iterable[Tick]) -> list[tuple[bytes, bytes, None]]:
     return [(t.symbol.encode(), t.value(), None) for t in ticks]
 
 
+def dlq_source(record: Any) -> tuple[int, int]:
+    """(partition, offset) of the tick a dead letter stands for, from its headers."""
+    headers = dict(record.headers)
+    return int(headers["tickprop.source.partition"]), int(headers["tickprop.source.offset"])
+
+
 def read_topic(bootstrap: str, topic: str, idle_ms: int = 1500) -> list[Any]:
     """Every record of `topic` now on the broker (no group, from the beginning)."""
     consumer = KafkaConsumer(
