@@ -1,4 +1,4 @@
-"""Read tick CSV files (`ts,symbol,price[,volume]`, header row, gzip allowed).
+"""Read tick CSV files (`ts,symbol,price[,volume]`, a header row or none, gzip allowed).
 
 Every data row is validated by the same rules as a Kafka tick
 (`service.codec.tick_from_text`), so `tickprop produce`, `tickprop backtest`
@@ -75,17 +75,23 @@ def open_text(path: str | Path) -> IO[str]:
 
 
 def read_ticks(path: str | Path) -> Iterator[CsvRow]:
-    """Every data row of `path`, in file order, as a CsvRow (valid or not)."""
+    """Every data row of `path`, in file order, as a CsvRow (valid or not).
+
+    The header names the columns (any order, any case; `timestamp`/`time`/`date` are
+    read as `ts`, `close`/`last` as `price`, `ticker` as `symbol`). A file without a
+    header is read as `ts,symbol,price[,volume]` when its first row looks like data.
+    """
     with open_text(path) as text:
         reader = csv.reader(text)
         header = next(reader, None)
-        columns = _columns(header, path)
+        columns, first = _columns(header, path)
         i_ts, i_symbol, i_price = (columns[name] for name in REQUIRED_COLUMNS)
         i_volume = columns.get("volume")
         need = max(i_ts, i_symbol, i_price) + 1
         while True:
             try:
-                record = next(reader)
+                record = first if first is not None else next(reader)
+                first = None
             except StopIteration:
                 return
             except csv.Error as exc:  # e.g. a field over the csv module's size limit
@@ -116,14 +122,47 @@ def valid_ticks(path: str | Path, bad: BadRows | None = None) -> Iterator[Tick]:
             bad.add(row)
 
 
-def _columns(header: list[str] | None, path: str | Path) -> dict[str, int]:
+# Other names seen for the three required columns in exported price files.
+ALIASES = {
+    "timestamp": "ts",
+    "time": "ts",
+    "date": "ts",
+    "datetime": "ts",
+    "ticker": "symbol",
+    "close": "price",
+    "last": "price",
+}
+
+
+def _columns(header: list[str] | None, path: str | Path) -> tuple[dict[str, int], list[str] | None]:
+    """Column positions, and the first row when it was data rather than a header."""
     if header is None:
         raise CsvFormatError(f"{path}: empty file, expected a header row ts,symbol,price[,volume]")
-    columns = {name.strip().lower(): i for i, name in enumerate(header)}
+    columns: dict[str, int] = {}
+    for i, name in enumerate(header):
+        key = name.strip().lower()
+        columns.setdefault(ALIASES.get(key, key), i)
+    if all(name in columns for name in REQUIRED_COLUMNS):
+        wanted = (*REQUIRED_COLUMNS, "volume")
+        return {name: columns[name] for name in wanted if name in columns}, None
+    if _looks_like_data(header):
+        positions = {"ts": 0, "symbol": 1, "price": 2}
+        if len(header) > 3:
+            positions["volume"] = 3
+        return positions, header
     missing = [name for name in REQUIRED_COLUMNS if name not in columns]
-    if missing:
-        raise CsvFormatError(
-            f"{path}: header {header[:6]} lacks column(s) {missing}; "
-            "expected a header row ts,symbol,price[,volume]"
-        )
-    return {name: columns[name] for name in (*REQUIRED_COLUMNS, "volume") if name in columns}
+    raise CsvFormatError(
+        f"{path}: header {header[:6]} lacks column(s) {missing}; "
+        "expected a header row ts,symbol,price[,volume]"
+    )
+
+
+def _looks_like_data(row: list[str]) -> bool:
+    """A headerless first row: 3 or 4 fields, a symbol, and a number for the price."""
+    if len(row) not in (3, 4) or not row[1].strip():
+        return False
+    try:
+        float(row[2])
+    except ValueError:
+        return False
+    return True

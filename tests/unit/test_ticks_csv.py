@@ -55,6 +55,33 @@ def test_missing_header_columns_stop_with_a_clear_error(tmp_path):
         list(read_ticks(write(tmp_path, "")))
 
 
+def test_a_file_without_header_is_read_as_ts_symbol_price_volume(tmp_path):
+    rows = list(
+        read_ticks(write(tmp_path, "1704205800123,SPX,4742.83,1200\n1704205800124,SPX,x\n"))
+    )
+    assert rows[0].line == 1 and rows[0].tick is not None
+    assert (rows[0].tick.symbol, rows[0].tick.ts_ms, rows[0].tick.volume) == (
+        "SPX",
+        1704205800123,
+        1200.0,
+    )
+    assert (rows[1].line, rows[1].reason) == (2, "bad_price")
+    three = list(valid_ticks(write(tmp_path, "2024-01-02T09:30:00Z,BTC,42000.5\n")))
+    assert [(t.symbol, t.price, t.volume) for t in three] == [("BTC", 42000.5, None)]
+
+
+def test_common_column_names_and_case_are_understood(tmp_path):
+    text = "Date,Ticker,Close,Volume\n2024-01-02,EURUSD,1.1012,\n2024-01-03,EURUSD,1.1020,5\n"
+    rows = list(valid_ticks(write(tmp_path, text)))
+    assert [(t.symbol, t.price) for t in rows] == [("EURUSD", 1.1012), ("EURUSD", 1.102)]
+    assert rows[1].ts_ms - rows[0].ts_ms == 86_400_000
+
+
+def test_a_header_of_unknown_names_is_still_an_error_not_data(tmp_path):
+    with pytest.raises(CsvFormatError, match="lacks column"):
+        list(read_ticks(write(tmp_path, "when,what,howmuch\n1,ES,2\n")))
+
+
 def test_shipped_data_is_all_valid():
     bad = BadRows()
     assert sum(1 for _ in valid_ticks("data/stocks_daily_2000-2013.csv.gz", bad)) == 12154
