@@ -54,10 +54,14 @@ local stored_offset = redis.call('HGET', KEYS[1], 'offset')
 if stored_offset and tonumber(ARGV[2]) < tonumber(stored_offset) then
   return {-1, stored_offset}
 end
-if #ARGV > 2 then
-  redis.call('HSET', KEYS[1], 'offset', ARGV[2], unpack(ARGV, 3))
-else
-  redis.call('HSET', KEYS[1], 'offset', ARGV[2])
+redis.call('HSET', KEYS[1], 'offset', ARGV[2])
+-- unpack() of more than ~8,000 values fails ("too many results to unpack"), so the
+-- field/blob pairs go in chunks of 500; the script as a whole stays one atomic step.
+local i = 3
+while i <= #ARGV do
+  local j = math.min(i + 999, #ARGV)
+  redis.call('HSET', KEYS[1], unpack(ARGV, i, j))
+  i = j + 1
 end
 return {1}
 """

@@ -37,6 +37,17 @@ def test_checkpoint_round_trips_blobs_and_offset(store: Store) -> None:
     assert state.epoch == epoch + 1
 
 
+def test_one_checkpoint_can_carry_ten_thousand_changed_symbols(store: Store) -> None:
+    """A symbol flood up to max_symbols changes them all between two checkpoints; Lua's
+    unpack() fails past ~8,000 values, which once left such a partition unable to save."""
+    epoch = store.claim("ticks", 0).epoch
+    blobs = {f"S{i}": i.to_bytes(3, "little") for i in range(10_000)}
+    store.checkpoint("ticks", 0, epoch, 10_001, blobs)
+    state = store.claim("ticks", 0)
+    assert state.offset == 10_001
+    assert state.blobs == blobs
+
+
 def test_checkpoint_writes_only_changed_symbols_and_keeps_others(store: Store) -> None:
     epoch = store.claim("ticks", 0).epoch
     store.checkpoint("ticks", 0, epoch, 10, {"A": b"a1", "B": b"b1"})
