@@ -113,3 +113,44 @@ def test_redis_outage_pauses_progress_and_the_worker_resumes_by_itself(
             redis_server.resume()
             worker.shutdown()
             worker.producer.close()
+
+
+def test_unreadable_stored_state_stops_the_partition_and_is_never_overwritten(
+    broker: str, redis_url: str
+) -> None:
+    """Garbage in a symbol's field (a bad restore, a hand edit) is refused: the partition
+    is not processed from a blank state and the bytes stay for an operator to see."""
+    names = Names.fresh()
+    produced = produce(
+        broker, names.ticks, tick_records(mixed_ticks(n_stocks=300, n_es=0)), partitions=1
+    )
+    first = in_process_worker(broker, redis_url, names, checkpoint_every_ticks=50)
+    try:
+        step_until(
+            first,
+            lambda: stored_offsets(redis_url, names.group) == produced.end_offsets(),
+            timeout=30,
+            what="the stream checkpointed",
+        )
+    finally:
+        first.shutdown()
+        first.producer.close()
+    store = store_for(redis_url, names.group)
+    key = store.key(names.ticks, 0)
+    store.client.hset(key, "AAPL", b"TPLS not a learner")
+    before = store.client.hgetall(key)
+
+    second = in_process_worker(broker, redis_url, names, checkpoint_every_ticks=50)
+    try:
+        step_until(second, lambda: bool(second.partitions), 30, "the partition assigned")
+        for _ in range(30):
+            second.step()
+        part = next(iter(second.partitions.values()))
+        assert part.status is Status.NEEDS_CLAIM and not part.learners
+        assert not second.ready
+        after = store.client.hgetall(key)
+        after.pop(b"epoch"), before.pop(b"epoch")  # each claim attempt bumps it
+        assert after == before
+    finally:
+        second.shutdown()
+        second.producer.close()
