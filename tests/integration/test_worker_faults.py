@@ -13,8 +13,8 @@ from worker_kit import (
     produce,
     reference_symbols,
     step_until,
+    step_until_checkpointed,
     store_for,
-    stored_offsets,
     stored_symbols,
     tick_records,
 )
@@ -37,11 +37,8 @@ def test_fenced_worker_cannot_overwrite_the_new_owner_and_keeps_running(
         broker, redis_url, names, checkpoint_every_ticks=50, checkpoint_every_seconds=3600
     )
     try:
-        step_until(
-            worker,
-            lambda: stored_offsets(redis_url, names.group) == produced.end_offsets(),
-            timeout=30,
-            what="the first 400 ticks checkpointed",
+        step_until_checkpointed(
+            worker, redis_url, names.group, produced, 30, "the first 400 ticks checkpointed"
         )
         store = store_for(redis_url, names.group)
         new_owner = store.claim(names.ticks, 0)  # another worker took the partition over
@@ -76,11 +73,8 @@ def test_redis_outage_pauses_progress_and_the_worker_resumes_by_itself(
             redis_socket_timeout_seconds=0.3,
         )  # fmt: skip
         try:
-            step_until(
-                worker,
-                lambda: stored_offsets(url, names.group) == produced.end_offsets(),
-                timeout=30,
-                what="the first half checkpointed",
+            step_until_checkpointed(
+                worker, url, names.group, produced, 30, "the first half checkpointed"
             )
             redis_server.pause()  # SIGSTOP: connections hang, commands time out
             produce(broker, names.ticks, tick_records(ticks[1200:]), into=produced)
@@ -101,11 +95,8 @@ def test_redis_outage_pauses_progress_and_the_worker_resumes_by_itself(
             assert [p.next_offset for p in fed] == frozen
             assert max(frozen) < max(produced.end_offsets().values())  # work was left
             redis_server.resume()
-            step_until(
-                worker,
-                lambda: stored_offsets(url, names.group) == produced.end_offsets(),
-                timeout=60,
-                what="the worker to recover and checkpoint everything",
+            step_until_checkpointed(
+                worker, url, names.group, produced, 60, "the worker to recover and checkpoint all"
             )
             assert worker.ready
             assert stored_symbols(url, names.group) == reference_symbols(produced)
@@ -126,11 +117,8 @@ def test_unreadable_stored_state_stops_the_partition_and_is_never_overwritten(
     )
     first = in_process_worker(broker, redis_url, names, checkpoint_every_ticks=50)
     try:
-        step_until(
-            first,
-            lambda: stored_offsets(redis_url, names.group) == produced.end_offsets(),
-            timeout=30,
-            what="the stream checkpointed",
+        step_until_checkpointed(
+            first, redis_url, names.group, produced, 30, "the stream checkpointed"
         )
     finally:
         first.shutdown()

@@ -327,3 +327,12 @@ def step_until(worker: Any, condition: Callable[[], bool], timeout: float, what:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         worker.step()
+
+
+def step_until_checkpointed(
+    worker: Any, redis_url: str, group: str, produced: Produced, timeout: float, what: str
+) -> None:
+    """Step `worker` until Redis holds, for every partition, the end offset produced."""
+    step_until(
+        worker, lambda: stored_offsets(redis_url, group) == produced.end_offsets(), timeout, what
+    )
