@@ -137,7 +137,6 @@ class Network:
         self._scalar_out = sizes[-1] == 1
         self._w_out = self._wb[-1][:, 0]  # the output unit's weights and bias, a view
         self._w_out_body = self._w_out[:-1]
-        self._step_out = self._step[-1][:, 0]
         self._wb_t = [wb.T for wb in self._wb]  # Fortran-ordered views for in-place BLAS
         self._wb_t0 = self._wb_t[0]
         self._f = [act.f for act in self.activations]
@@ -385,10 +384,10 @@ class Network:
         return steps
 
     def _scalar_output(self, z: float) -> float:
-        """The output activation of one unit in scalar maths (as in `_scalar_loss`)."""
+        """The output activation of one unit in scalar maths."""
         name = self.activations[-1].name
         if name == "sigmoid":
-            e = math.exp(-abs(z))
+            e = math.exp(-abs(z))  # in (0, 1]: never overflows
             return 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
         if name == "tanh":
             return math.tanh(z)
@@ -398,20 +397,18 @@ class Network:
 
     def _scalar_loss(self, z: float, t: float) -> tuple[float, float, float]:
         """Output y, delta = dL/dz and loss for one output unit with pre-activation z."""
+        y = self._scalar_output(z)
         name = self.activations[-1].name
         if name == "sigmoid":
-            e = math.exp(-abs(z))  # in (0, 1]: never overflows
-            y = 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
             if self.loss.name == "log":  # softplus(z) − t·z, arranged to never cancel
-                return y, y - t, math.log1p(e) + ((1.0 - t) * z if z > 0 else -t * z)
+                tail = math.log1p(math.exp(-abs(z)))
+                return y, y - t, tail + ((1.0 - t) * z if z > 0 else -t * z)
             return y, (y - t) * y * (1.0 - y), 0.5 * (y - t) ** 2
         if name == "tanh":
-            y = math.tanh(z)
             return y, (y - t) * (1.0 - y * y), 0.5 * (y - t) ** 2
         if name == "relu":
-            y = max(z, 0.0)
             return y, (y - t) if z > 0 else 0.0, 0.5 * (y - t) ** 2
-        return z, z - t, 0.5 * (z - t) ** 2
+        return y, y - t, 0.5 * (y - t) ** 2
 
     def _refuse(self, why: str) -> None:
         self.refused_updates += 1
