@@ -113,7 +113,9 @@ class TickFeatures:
         # follows regime changes but one move never dominates it.
         self.alpha = 2.0 / (4 * window + 1)
         self._norm = 1.0 / math.sqrt(window)
-        self.moves = np.zeros(window)  # ring of scaled moves; moves[pos] is the newest
+        # Ring of scaled moves, moves[pos] the newest: a list, as each tick reads and writes
+        # single elements (a numpy element access costs ~10x a list's).
+        self.moves = [0.0] * window
         self.last_price = 0.0  # 0 = no tick yet (a valid price is > 0)
         self.var = 0.0  # EWMA of r² over moves; 0 until the first move
         self.mean_run = 1.0  # EWMA of the run lengths that ended in a move
@@ -157,7 +159,7 @@ class TickFeatures:
             pos = 0
         self.pos = pos
         moves = self.moves
-        self.trend_sum += z - float(moves[pos])
+        self.trend_sum += z - moves[pos]
         moves[pos] = z
         self.n_moves += 1
         sign = 1.0 if r > 0 else -1.0
@@ -175,8 +177,8 @@ class TickFeatures:
 
     def write(self, x: Array) -> None:
         """Fill x (shape `(n_features,)`) with the current features."""
-        moves, pos, w = self.moves, self.pos, self.window
-        recent = [float(moves[pos - i if pos >= i else pos - i + w]) for i in range(self.k)]
+        moves, pos = self.moves, self.pos
+        recent = [moves[pos - i] for i in range(self.k)]  # a negative index wraps the ring
         s = self.last_sign
         run, mean_run = self.run, self.mean_run
         log_mean = math.log1p(mean_run)
@@ -199,7 +201,7 @@ class TickFeatures:
     def state_arrays(self) -> tuple[Array, Array]:
         """(scalars, moves): the whole state as two float64 arrays (integers are exact)."""
         scalars = np.array([float(getattr(self, name)) for name in self._SCALARS])
-        return scalars, self.moves.copy()
+        return scalars, np.array(self.moves)
 
     def load_state_arrays(self, scalars: Array, moves: Array) -> None:
         """Restore what `state_arrays` returned; ValueError on wrong shapes or values."""
@@ -229,4 +231,4 @@ class TickFeatures:
         self.record = values["record"]
         self.record_short = values["record_short"]
         self.record_long = values["record_long"]
-        np.copyto(self.moves, moves)
+        self.moves = moves.tolist()

@@ -75,7 +75,12 @@ class LearnerConfig:
         return d
 
 
-@dataclass(frozen=True, slots=True)
+# The per-tick results below are plain slots dataclasses, not frozen ones: a frozen
+# dataclass's __init__ costs ~4x (object.__setattr__ per field), on every tick. Treat
+# them as values all the same.
+
+
+@dataclass(slots=True)
 class Prediction:
     p_up: float
     direction: str  # "up" | "down"
@@ -84,22 +89,38 @@ class Prediction:
     horizon: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Score:
-    """One resolved, labelled prediction made with ready features."""
+    """One resolved, labelled prediction made with ready features: what each model said."""
 
     label: int  # 1 = up, 0 = down
-    p_up: dict[str, float]  # "ffbpn", "base_rate" -> probability of up
-    direction: dict[str, int]  # every model in MODELS -> 1 (up) / 0 (down)
+    p_net: float  # ffbpn's p_up; it calls up when p_net >= 0.5
+    p_base: float  # base_rate's p_up; likewise
+    persist: int  # persistence's call, 1 up / 0 down; reversal calls 1 - persist
+
+    @property
+    def p_up(self) -> dict[str, float]:
+        """Probability of up, by probabilistic model ("ffbpn", "base_rate")."""
+        return {"ffbpn": self.p_net, "base_rate": self.p_base}
+
+    @property
+    def direction(self) -> dict[str, int]:
+        """Every model in MODELS -> its call, 1 (up) / 0 (down)."""
+        return {
+            "ffbpn": 1 if self.p_net >= 0.5 else 0,
+            "base_rate": 1 if self.p_base >= 0.5 else 0,
+            "persistence": self.persist,
+            "reversal": 1 - self.persist,
+        }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TickResult:
     prediction: Prediction
-    scores: list[Score]  # predictions resolved (and scored) by this tick
-    steps: int  # backprop steps taken on this tick
+    scores: tuple[Score, ...]  # the prediction resolved (and scored) by this tick, if any
+    steps: int  # backprop steps taken on this tick (0 or 1)
     refused: int  # steps refused (non-finite)
-    step_seconds: list[float]  # wall time of each forward + backward + update
+    step_seconds: tuple[float, ...]  # wall time of each forward + backward + update
 
 
 def symbol_seed(seed: int, symbol: str) -> int:
@@ -143,12 +164,13 @@ class OnlineLearner:
         self._x = np.zeros(n_in)  # this tick's input, before it is stored
         # Pending predictions: a ring of `horizon` slots; the prediction of tick n
         # sits in slot n % h and resolves at tick n + h, just before slot reuse.
+        # The scalars are lists: each tick reads and writes one element of each.
         self.pending_x = np.zeros((h, n_in))
-        self.pending_price = np.zeros(h)
-        self.pending_p = np.zeros(h)  # network's p_up (== base rate when not ready)
-        self.pending_base = np.zeros(h)  # base rate's p_up
-        self.pending_sign = np.zeros(h)  # sign of the last move: persistence's call
-        self.pending_ready = np.zeros(h, dtype=bool)
+        self.pending_price = [0.0] * h
+        self.pending_p = [0.0] * h  # network's p_up (== base rate when not ready)
+        self.pending_base = [0.0] * h  # base rate's p_up
+        self.pending_sign = [0.0] * h  # sign of the last move: persistence's call
+        self.pending_ready = [False] * h
         self.ticks = 0  # ticks accepted
         self.last_ts: int | None = None
         self.ups = 0  # labels seen (all, ready or not), for the base rate
@@ -182,47 +204,44 @@ class OnlineLearner:
         self.last_ts = ts_ms
         self.features.update(price)
         slot = self.ticks % self.config.horizon
-        scores: list[Score] = []
-        step_seconds: list[float] = []
-        refused = 0
-        if self.ticks >= self.config.horizon:
-            refused = self._resolve(slot, price, scores, step_seconds)
+        resolved = self.ticks >= self.config.horizon
         self.ticks += 1
-        return TickResult(
-            self._predict(slot, price), scores, len(step_seconds), refused, step_seconds
-        )
+        if resolved:
+            score, seconds, refused = self._resolve(slot, price)
+            if score is not None:
+                return TickResult(
+                    self._predict(slot, price),
+                    (score,),
+                    0 if seconds is None else 1,
+                    refused,
+                    () if seconds is None else (seconds,),
+                )
+        return TickResult(self._predict(slot, price), (), 0, 0, ())
 
-    def _resolve(
-        self, slot: int, price: float, scores: list[Score], step_seconds: list[float]
-    ) -> int:
-        """Score and learn from the prediction in `slot`; returns refused steps (0 or 1)."""
-        then = float(self.pending_price[slot])
+    def _resolve(self, slot: int, price: float) -> tuple[Score | None, float | None, int]:
+        """Score and learn from the prediction in `slot`: (score, step seconds, refused).
+
+        The score is None when the label fell inside the dead band or the features were
+        not ready; the step seconds are None when no step was taken or it was refused.
+        """
+        then = self.pending_price[slot]
         if price > then * self._up_lo:
             label = 1
         elif price < then * self._down_hi:
             label = 0
         else:
-            return 0  # inside the dead band: neither scored nor trained on
+            return None, None, 0  # inside the dead band: neither scored nor trained on
         if label:
             self.ups += 1
         else:
             self.downs += 1
         if not self.pending_ready[slot]:
-            return 0
-        p_net = float(self.pending_p[slot])
-        p_base = float(self.pending_base[slot])
-        persist = 1 if self.pending_sign[slot] > 0 else 0
-        scores.append(
-            Score(
-                label,
-                {"ffbpn": p_net, "base_rate": p_base},
-                {
-                    "ffbpn": 1 if p_net >= 0.5 else 0,
-                    "base_rate": 1 if p_base >= 0.5 else 0,
-                    "persistence": persist,
-                    "reversal": 1 - persist,
-                },
-            )
+            return None, None, 0
+        score = Score(
+            label,
+            self.pending_p[slot],
+            self.pending_base[slot],
+            1 if self.pending_sign[slot] > 0 else 0,
         )
         self.scored += 1
         start = time.perf_counter()
@@ -230,9 +249,8 @@ class OnlineLearner:
             self.network.learn_one(self.pending_x[slot], float(label))
         except RefusedUpdate:
             self.refused += 1
-            return 1
-        step_seconds.append(time.perf_counter() - start)
-        return 0
+            return score, None, 1
+        return score, time.perf_counter() - start, 0
 
     def _predict(self, slot: int, price: float) -> Prediction:
         base = self.base_rate()
@@ -284,7 +302,7 @@ def _arrays(learner: OnlineLearner) -> dict[str, np.ndarray]:
             learner.pending_p,
             learner.pending_base,
             learner.pending_sign,
-            learner.pending_ready.astype(np.float64),
+            [1.0 if ready else 0.0 for ready in learner.pending_ready],
         ]
     )
     return {"features": scalars, "moves": moves, "pending_x": learner.pending_x, "pending": pending}
@@ -359,13 +377,11 @@ def _unpack(blob: bytes, config: LearnerConfig) -> OnlineLearner:
         raise FormatError("pending predictions hold non-finite values")
     learner.network = network
     np.copyto(learner.pending_x, values["pending_x"])
-    for row, target in zip(
-        pending[:4],
-        (learner.pending_price, learner.pending_p, learner.pending_base, learner.pending_sign),
-        strict=True,
-    ):
-        np.copyto(target, row)
-    learner.pending_ready[:] = pending[4] != 0.0
+    learner.pending_price = pending[0].tolist()
+    learner.pending_p = pending[1].tolist()
+    learner.pending_base = pending[2].tolist()
+    learner.pending_sign = pending[3].tolist()
+    learner.pending_ready = (pending[4] != 0.0).tolist()
     counters = header["counters"]
     learner.ticks = counters["ticks"]
     learner.last_ts = counters["last_ts"]

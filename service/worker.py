@@ -109,41 +109,52 @@ class RollingScores:
     """Prequential accuracy and log loss of each model over the last `size` scored predictions.
 
     Sums are kept incrementally (O(1) per score); the float sums are recomputed from the
-    window every `size` scores so rounding cannot drift.
+    window every `size` scores so rounding cannot drift. Each window entry is the tuple
+    (hit per model in MODELS order, then loss per model in PROBABILISTIC order).
     """
 
     def __init__(self, size: int = 1000) -> None:
         self.size = size
-        self.window: deque[tuple[dict[str, int], dict[str, float]]] = deque()
-        self.hits = dict.fromkeys(MODELS, 0)
-        self.losses = dict.fromkeys(PROBABILISTIC, 0.0)
+        self.window: deque[tuple[int, int, int, int, float, float]] = deque()
+        self._hits = [0] * len(MODELS)
+        self._losses = [0.0] * len(PROBABILISTIC)
         self._since_resum = 0
 
     def add(self, score: Score) -> None:
-        hits = {m: int(score.direction[m] == score.label) for m in MODELS}
-        losses = {m: _log_loss(score.p_up[m], score.label) for m in PROBABILISTIC}
-        self.window.append((hits, losses))
-        for m in MODELS:
-            self.hits[m] += hits[m]
-        for m in PROBABILISTIC:
-            self.losses[m] += losses[m]
-        if len(self.window) > self.size:
-            old_hits, old_losses = self.window.popleft()
-            for m in MODELS:
-                self.hits[m] -= old_hits[m]
-            for m in PROBABILISTIC:
-                self.losses[m] -= old_losses[m]
+        label, p_net, p_base, persist = score.label, score.p_net, score.p_base, score.persist
+        entry = (
+            int((p_net >= 0.5) == label),
+            int((p_base >= 0.5) == label),
+            int(persist == label),
+            int(persist != label),
+            _log_loss(p_net, label),
+            _log_loss(p_base, label),
+        )
+        window, hits, losses = self.window, self._hits, self._losses
+        window.append(entry)
+        for i, hit in enumerate(entry[:4]):
+            hits[i] += hit
+        losses[0] += entry[4]
+        losses[1] += entry[5]
+        if len(window) > self.size:
+            old = window.popleft()
+            for i, hit in enumerate(old[:4]):
+                hits[i] -= hit
+            losses[0] -= old[4]
+            losses[1] -= old[5]
         self._since_resum += 1
         if self._since_resum >= self.size:
             self._since_resum = 0
-            for m in PROBABILISTIC:
-                self.losses[m] = math.fsum(entry[1][m] for entry in self.window)
+            losses[0] = math.fsum(e[4] for e in window)
+            losses[1] = math.fsum(e[5] for e in window)
 
     def accuracy(self, model: str) -> float | None:
-        return self.hits[model] / len(self.window) if self.window else None
+        window = self.window
+        return self._hits[MODELS.index(model)] / len(window) if window else None
 
     def log_loss(self, model: str) -> float | None:
-        return self.losses[model] / len(self.window) if self.window else None
+        window = self.window
+        return self._losses[PROBABILISTIC.index(model)] / len(window) if window else None
 
 
 def _log_loss(p_up: float, label: int) -> float:

@@ -83,7 +83,7 @@ def test_while_the_window_fills_the_prediction_is_the_base_rate() -> None:
     results = [learner.on_tick(i, p) for i, p in enumerate([10.0, 10.5, 11.0, 11.5])]
     for r in results:
         assert not r.prediction.features_ready
-        assert r.scores == [] and r.steps == 0
+        assert r.scores == () and r.steps == 0
     # three up labels resolved: base rate (3 + 1) / (3 + 2)
     assert results[-1].prediction.p_up == pytest.approx(4 / 5)
     assert learner.on_tick(5, 12.0).prediction.features_ready
@@ -96,7 +96,7 @@ def test_one_step_per_labelled_prediction_and_none_inside_the_dead_band() -> Non
     steps = learner.model_version
     assert steps > 0
     r = learner.on_tick(100, learner.features.last_price)  # no move: inside the band
-    assert r.steps == 0 and r.scores == [] and learner.model_version == steps
+    assert r.steps == 0 and r.scores == () and learner.model_version == steps
     r = learner.on_tick(101, learner.features.last_price + 0.25)
     assert r.steps == 1 and len(r.scores) == 1 and learner.model_version == steps + 1
     assert len(r.step_seconds) == 1

@@ -1,13 +1,14 @@
 import math
+import random
 import urllib.error
 import urllib.request
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.codec import REASONS
-from service.metrics import Metrics, serve
+from service.metrics import LATENCY_BUCKETS, Metrics, TickHistogram, serve
 
 DESIGN_NAMES = {
     "tickprop_ticks": "counter",
@@ -63,6 +64,33 @@ def test_counters_and_histograms_record(metrics):
     assert r.get_sample_value("tickprop_step_seconds_bucket", {"le": "5e-05"}) == 1
     assert r.get_sample_value("tickprop_step_seconds_bucket", {"le": "2.5e-05"}) == 0
     assert r.get_sample_value("tickprop_consumer_lag", {"partition": "2"}) == 17
+
+
+def test_tick_histogram_exposes_what_prometheus_clients_histogram_does():
+    rng = random.Random(5)
+    values = [rng.choice([0.0, *LATENCY_BUCKETS, 20.0]) for _ in range(300)]  # bounds exactly
+    values += [10 ** rng.uniform(-7, 2) for _ in range(3000)]
+    ours_registry, theirs_registry = CollectorRegistry(), CollectorRegistry()
+    ours = TickHistogram("x_seconds", "doc", LATENCY_BUCKETS, ours_registry)
+    theirs = Histogram("x_seconds", "doc", buckets=LATENCY_BUCKETS, registry=theirs_registry)
+    for v in values:
+        ours.observe(v)
+        theirs.observe(v)
+
+    def samples(registry):
+        text = generate_latest(registry).decode()
+        (family,) = [f for f in text_string_to_metric_families(text) if f.name == "x_seconds"]
+        return family.type, {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for s in family.samples
+            if not s.name.endswith("_created")
+        }
+
+    kind, got = samples(ours_registry)
+    assert (kind, got) == samples(theirs_registry)
+    assert got[("x_seconds_count", ())] == len(values)
+    with pytest.raises(ValueError):  # the duplicate name is refused like any collector's
+        TickHistogram("x_seconds", "doc", LATENCY_BUCKETS, ours_registry)
 
 
 def test_two_instances_do_not_collide():

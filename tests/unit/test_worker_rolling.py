@@ -10,11 +10,11 @@ from service.worker import MODELS, PROBABILISTIC, RollingScores
 
 
 def random_score(rng: random.Random) -> Score:
-    label = rng.randint(0, 1)
     return Score(
-        label=label,
-        p_up={m: rng.choice([0.0, 1.0, rng.random()]) for m in PROBABILISTIC},
-        direction={m: rng.randint(0, 1) for m in MODELS},
+        label=rng.randint(0, 1),
+        p_net=rng.choice([0.0, 0.5, 1.0, rng.random()]),
+        p_base=rng.choice([0.0, 0.5, 1.0, rng.random()]),
+        persist=rng.randint(0, 1),
     )
 
 
