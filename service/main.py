@@ -23,9 +23,11 @@ T = TypeVar("T")
 
 # Client options beyond the settings, measured with benchmarks/bench_worker.py on the local
 # broker. linger_ms batches predictions for up to 20 ms: kafka-python's sender thread then
-# wakes far less often and competes less for the GIL with the learner (~1.5x throughput);
-# it delays delivery, not the hand-over to the producer. fetch_max_wait_ms: the broker
-# answers a fetch after at most 20 ms, so a slow stream is not held back for 500 ms.
+# wakes far less often and competes less for the GIL with the thread calling send() (~1.5x
+# throughput when the producer shared the worker's process; it now runs in the publisher
+# process, service/publisher.py); it delays delivery, not the hand-over to the producer.
+# fetch_max_wait_ms: the broker answers a fetch after at most 20 ms, so a slow stream is not
+# held back for 500 ms.
 # enable_idempotence=False: kafka-python 3 turns it on by default, and after a broker that
 # lost its state (a restart of an in-memory Tansu) InitProducerId fails and the producer
 # stays fatally broken: every publish failed and the worker rewound forever
@@ -82,9 +84,10 @@ class StartupError(Exception):
 
 def _serve(settings: Any, max_idle_seconds: float | None, startup_timeout: float) -> int:
     import redis
-    from kafka import KafkaConsumer, KafkaProducer
+    from kafka import KafkaConsumer
 
     from service.metrics import Metrics, serve
+    from service.publisher import ProcessPublisher
     from service.store import Store
     from service.topics import create_topics
     from service.worker import Worker
@@ -107,13 +110,13 @@ def _serve(settings: Any, max_idle_seconds: float | None, startup_timeout: float
         deadline,
     )
     consumer = KafkaConsumer(**settings.kafka_consumer_kwargs(), **CONSUMER_OPTIONS)
-    producer = KafkaProducer(**kafka_kwargs, **PRODUCER_OPTIONS)
+    publisher = ProcessPublisher(kafka_kwargs, PRODUCER_OPTIONS, log_level=settings.log_level)
     dlq_reader = KafkaConsumer(
         **kafka_kwargs, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
         **CONSUMER_OPTIONS,
     )  # fmt: skip
     metrics = Metrics()
-    worker = Worker(settings, consumer, producer, store, metrics, dlq_reader=dlq_reader)
+    worker = Worker(settings, consumer, publisher, store, metrics, dlq_reader=dlq_reader)
     server = serve(
         metrics, settings.metrics_host, settings.metrics_port, ready=lambda: worker.ready
     )
@@ -133,7 +136,7 @@ def _serve(settings: Any, max_idle_seconds: float | None, startup_timeout: float
     try:
         return worker.run(max_idle_seconds=max_idle_seconds)
     finally:
-        producer.close(timeout=10)
+        publisher.close(timeout=10)
         dlq_reader.close()
         server.stop()
         client.close()

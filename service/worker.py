@@ -11,8 +11,9 @@ Exactly-once state rests on three rules:
 3. Nothing advances without persistence: a partition whose checkpoint fails is paused (and
    re-read from its last good checkpoint if an output was lost) until Redis and Kafka answer.
 
-Collaborators (consumer, producer, store, metrics, clock) are passed in; `service.main`
-builds the real ones.
+Collaborators (consumer, publisher, store, metrics, clock) are passed in; `service.main`
+builds the real ones. The publisher (`service.publisher.ProcessPublisher`) runs kafka-python's
+producer in a child process; publish failures surface after each flush, per input partition.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from service.store import Fenced, OffsetWentBackwards, Store, StoreError, StoreU
 
 if TYPE_CHECKING:
     from service.metrics import Metrics
+    from service.publisher import ProcessPublisher
     from service.settings import Settings
 
 log = logging.getLogger("tickprop.worker")
@@ -46,6 +48,11 @@ TOO_MANY_SYMBOLS = "too_many_symbols"
 MODELS = ("ffbpn", "base_rate", "persistence", "reversal")
 PROBABILISTIC = ("ffbpn", "base_rate")
 MAX_BACKOFF_SECONDS = 5.0
+OUTPUT_PARTITIONS_CHECK_SECONDS = 1.0
+# Predictions are handed to the publisher process in groups of this many (and at the end
+# of each poll batch): one pipe write per group, and a tick waits for at most this many
+# others (~64 x 50 us) before the producer has it.
+SHIP_EVERY_TICKS = 64
 FLUSH_TIMEOUT_SECONDS = 10.0
 DLQ_READ_TIMEOUT_SECONDS = 30.0
 # Headers of codec.dlq_headers that say where a dead letter came from.
@@ -185,7 +192,7 @@ class Worker:
         self,
         settings: Settings,
         consumer: Any,
-        producer: Any,
+        publisher: ProcessPublisher,
         store: Store,
         metrics: Metrics,
         clock: Clock = time,
@@ -196,7 +203,7 @@ class Worker:
     ) -> None:
         self.settings = settings
         self.consumer = consumer
-        self.producer = producer
+        self.publisher = publisher
         self.store = store
         self.metrics = metrics
         self.clock = clock
@@ -222,11 +229,13 @@ class Worker:
         # Counts of the batch being processed, added to the counters once per batch: a
         # prometheus_client counter takes a lock on every inc().
         self._n_processed = self._n_steps = self._n_refused = 0
+        self._unshipped = 0  # predictions queued for the publisher, not handed over yet
         # Output partition of each symbol's predictions, chosen as kafka-python's default
         # partitioner would (murmur2 of the key over the sorted partitions) but once per
         # symbol instead of once per record; forgotten when the partition count changes.
         self._out_partitions: dict[str, int] = {}
         self._out_partition_ids: list[int] = []
+        self._out_checked_at = -math.inf
 
     @property
     def ready(self) -> bool:
@@ -304,6 +313,7 @@ class Worker:
                     self._process_records(tp, records, polled_at)
             finally:
                 self._count_batch()
+                self._ship(polled_at)
             self._checkpoint_due()
             self._update_gauges()
 
@@ -333,10 +343,10 @@ class Worker:
                 "consumer close failed", extra={"event": "close_failed", "error": repr(exc)}
             )
         try:
-            self.producer.flush(timeout=FLUSH_TIMEOUT_SECONDS)
+            self.publisher.flush(timeout=FLUSH_TIMEOUT_SECONDS)
         except KafkaError as exc:
             log.warning(
-                "producer flush failed", extra={"event": "flush_failed", "error": repr(exc)}
+                "publisher flush failed", extra={"event": "flush_failed", "error": repr(exc)}
             )
         log.info("worker stopped", extra={"event": "stopped", "final_checkpoints_ok": ok})
         return 0 if ok else 1
@@ -485,7 +495,9 @@ class Worker:
         self._send(
             part, self.settings.predictions_topic, symbol.encode(), value_out, None, partition
         )
-        metrics.process_seconds.observe(self.clock.perf_counter() - polled_at)
+        self._unshipped += 1
+        if self._unshipped >= SHIP_EVERY_TICKS:
+            self._ship(polled_at)
         self._n_processed += 1
         if result.steps:
             self._n_steps += result.steps
@@ -509,9 +521,17 @@ class Worker:
         self._n_processed = self._n_steps = self._n_refused = 0
 
     def _check_output_partitions(self) -> None:
-        """Forget the symbols' output partitions when the predictions topic's changed."""
+        """Forget the symbols' output partitions when the predictions topic's changed.
+
+        Asked at most once a second (a round trip to the publisher process): records
+        sent in between keep the partitions chosen before a change.
+        """
+        now = self.clock.monotonic()
+        if now - self._out_checked_at < OUTPUT_PARTITIONS_CHECK_SECONDS:
+            return
+        self._out_checked_at = now
         try:
-            ids = sorted(self.producer.partitions_for(self.settings.predictions_topic) or ())
+            ids = sorted(self.publisher.partitions_for(self.settings.predictions_topic) or ())
         except KafkaError:
             ids = []  # unknown: every send lets the producer's partitioner decide
         if ids != self._out_partition_ids:
@@ -536,28 +556,26 @@ class Worker:
         headers = list(record.headers or []) + codec.dlq_headers(
             reason, detail, tp.topic, tp.partition, record.offset
         )
+        value = record.value
+        if value is None and record.key is None:
+            value = b""  # a record needs a key or a value; the reason header says "null"
         try:
-            future = self.producer.send(
+            self.publisher.send(
                 self.settings.dlq_topic,
-                key=record.key,
-                value=record.value,
-                headers=headers,
-                partition=self._dlq_partition(tp),
+                record.key,
+                value,
+                headers,
+                self._dlq_partition(tp),
+                tag=tp.partition,
+                want_offset=True,  # dlq_last, for the mark the checkpoint stores
             )
         except KafkaError as exc:
-            self._mark_send_failed(part, exc)
-            return
-        future.add_callback(self._note_dead_letter, part)
-        future.add_errback(self._mark_send_failed, part)
-
-    def _note_dead_letter(self, part: Partition, metadata: Any) -> None:
-        # Runs on the producer's thread; the checkpoint after flush() reads it.
-        if part.dlq_last is None or metadata.offset > part.dlq_last:
-            part.dlq_last = metadata.offset
+            self._mark_send_failed(part, repr(exc))
+            self._publish_outcomes()  # records of other partitions may be lost with it
 
     def _dlq_partition(self, tp: TopicPartition) -> int:
         if self._dlq_partitions is None:
-            partitions = self.producer.partitions_for(self.settings.dlq_topic)
+            partitions = self.publisher.partitions_for(self.settings.dlq_topic)
             self._dlq_partitions = max(1, len(partitions or ()))
         return tp.partition % self._dlq_partitions
 
@@ -616,22 +634,53 @@ class Worker:
         partition: int | None = None,
     ) -> None:
         try:
-            future = self.producer.send(
-                topic, key=key, value=value, headers=headers, partition=partition
-            )
-        except KafkaError as exc:  # e.g. metadata unavailable for max_block_ms
-            self._mark_send_failed(part, exc)
-            return
-        future.add_errback(self._mark_send_failed, part)
+            self.publisher.send(topic, key, value, headers, partition, tag=part.tp.partition)
+        except KafkaError as exc:  # the publisher process could not take the records
+            self._mark_send_failed(part, repr(exc))
+            self._publish_outcomes()  # records of other partitions may be lost with it
 
-    def _mark_send_failed(self, part: Partition, exc: BaseException) -> None:
-        # May run on the producer's thread: only set a flag, the main thread acts on it.
+    def _ship(self, polled_at: float) -> None:
+        """Hand the queued records to the publisher process: there each tick's
+        `tickprop_process_seconds` (from the poll that brought it) ends."""
+        try:
+            self.publisher.ship()
+        except KafkaError:
+            self._publish_outcomes()  # what was lost is reported per partition
+        if self._unshipped:
+            seconds = self.clock.perf_counter() - polled_at
+            observe = self.metrics.process_seconds.observe
+            for _ in range(self._unshipped):
+                observe(seconds)
+            self._unshipped = 0
+
+    def _mark_send_failed(self, part: Partition, error: str) -> None:
         if not part.send_failed:
             log.error(
                 "publish failed; partition will be re-read from its last checkpoint",
-                extra={"event": "send_failed", "partition": part.tp.partition, "error": repr(exc)},
+                extra={"event": "send_failed", "partition": part.tp.partition, "error": error},
             )
         part.send_failed = True
+
+    def _publish_outcomes(self, part: Partition | None = None) -> None:
+        """Hand the publisher's reports since the last flush to the partitions they concern.
+
+        Records are tagged with their input partition; `part` is the one being checkpointed,
+        which a release has already taken out of `self.partitions`.
+        """
+
+        def owner(tag: int) -> Partition | None:
+            if part is not None and part.tp.partition == tag:
+                return part
+            return self.partitions.get(TopicPartition(self.settings.ticks_topic, tag))
+
+        for tag, error in self.publisher.take_failures().items():
+            target = owner(tag)
+            if target is not None:
+                self._mark_send_failed(target, error)
+        for tag, offset in self.publisher.take_offsets().items():
+            target = owner(tag)
+            if target is not None and (target.dlq_last is None or offset > target.dlq_last):
+                target.dlq_last = offset
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint_is_due(self, part: Partition) -> bool:
@@ -658,10 +707,12 @@ class Worker:
             return True
         started = self.clock.perf_counter()
         try:
-            self.producer.flush(timeout=FLUSH_TIMEOUT_SECONDS)
+            self.publisher.flush(timeout=FLUSH_TIMEOUT_SECONDS)
         except KafkaError as exc:
+            self._publish_outcomes(part)
             self._checkpoint_failed(part, exc)
             return False
+        self._publish_outcomes(part)
         if part.send_failed:
             # Outputs after the last checkpoint may be lost: re-read them from there.
             part.reset(Status.NEEDS_CLAIM)

@@ -56,7 +56,7 @@ def test_fenced_worker_cannot_overwrite_the_new_owner_and_keeps_running(
         assert store.load_all()[(names.ticks, 0)].offset == new_owner.offset
     finally:
         worker.shutdown()
-        worker.producer.close()
+        worker.publisher.close()
 
 
 @pytest.mark.slow
@@ -103,7 +103,7 @@ def test_redis_outage_pauses_progress_and_the_worker_resumes_by_itself(
         finally:
             redis_server.resume()
             worker.shutdown()
-            worker.producer.close()
+            worker.publisher.close()
 
 
 def test_unreadable_stored_state_stops_the_partition_and_is_never_overwritten(
@@ -122,7 +122,7 @@ def test_unreadable_stored_state_stops_the_partition_and_is_never_overwritten(
         )
     finally:
         first.shutdown()
-        first.producer.close()
+        first.publisher.close()
     store = store_for(redis_url, names.group)
     key = store.key(names.ticks, 0)
     store.client.hset(key, "AAPL", b"TPLS not a learner")
@@ -141,4 +141,4 @@ def test_unreadable_stored_state_stops_the_partition_and_is_never_overwritten(
         assert after == before
     finally:
         second.shutdown()
-        second.producer.close()
+        second.publisher.close()

@@ -294,9 +294,10 @@ class Names:
 
 
 def in_process_worker(broker: str, redis_url: str, names: Names, **settings: Any) -> Any:
-    """A real Worker (real consumer, producer, store; fresh metrics registry), started."""
+    """A real Worker (real consumer, publisher, store; fresh metrics registry), started."""
     from service.main import CONSUMER_OPTIONS, PRODUCER_OPTIONS
     from service.metrics import Metrics
+    from service.publisher import ProcessPublisher
     from service.settings import Settings
     from service.worker import Worker
 
@@ -313,7 +314,7 @@ def in_process_worker(broker: str, redis_url: str, names: Names, **settings: Any
     worker = Worker(
         s,
         KafkaConsumer(**s.kafka_consumer_kwargs(), **CONSUMER_OPTIONS),
-        KafkaProducer(**s.kafka_client_kwargs(), **PRODUCER_OPTIONS),
+        ProcessPublisher(s.kafka_client_kwargs(), PRODUCER_OPTIONS),
         Store(client, names.group),
         Metrics(),
     )
