@@ -60,14 +60,15 @@ log = logging.getLogger("tickprop.publisher")
 EXIT_FLUSH_SECONDS = 10.0
 SHIP_BYTES = 1 << 16  # ship the buffer to the child once it holds this much
 PIPE_BYTES = 1 << 20  # asked-for pipe capacity (Linux), so a burst does not block the worker
-REPLY_GRACE_SECONDS = 5.0
-MAX_RESTART_DELAY_SECONDS = 5.0  # the child's answer may take this much longer than its own timeout
+REPLY_GRACE_SECONDS = 5.0  # the child's answer may take this much longer than its own timeout
+MAX_RESTART_DELAY_SECONDS = 5.0
 
 _LEN = struct.Struct("<I")
 # tag, flags (1 = report the offset), partition (-1: the producer's partitioner),
-# topic length, key length (-1: None), value length (-1: None), header count
-_REC = struct.Struct("<IBiHiiH")
-_HEADER_NAME = struct.Struct("<H")
+# topic length, key length (-1: None), value length (-1: None), header count. Lengths are
+# 32-bit: a dead letter carries a hostile record's headers as they came.
+_REC = struct.Struct("<IBiIiiI")
+_HEADER_NAME = struct.Struct("<I")
 _HEADER_VALUE = struct.Struct("<I")
 _TIMEOUT = struct.Struct("<d")
 WANT_OFFSET = 1
@@ -188,7 +189,8 @@ class ProcessPublisher:
             return
         with contextlib.suppress(KafkaError):
             self.ship()
-            self._write(_LEN.pack(1) + b"Q")
+            if self._proc is not None:  # not lost while shipping
+                self._write(_LEN.pack(1) + b"Q")
         self._stop(timeout)
 
     # ------------------------------------------------------------------ the child

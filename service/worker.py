@@ -54,6 +54,9 @@ OUTPUT_PARTITIONS_CHECK_SECONDS = 1.0
 # others (~64 x 50 us) before the producer has it.
 SHIP_EVERY_TICKS = 64
 FLUSH_TIMEOUT_SECONDS = 10.0
+# A dead letter larger than this (key, value and the record's own headers) keeps no value:
+# the producer's max_request_size is 1 MiB, and ours headers come on top.
+MAX_DEAD_LETTER_BYTES = 1_000_000
 DLQ_READ_TIMEOUT_SECONDS = 30.0
 # Headers of codec.dlq_headers that say where a dead letter came from.
 SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET = (
@@ -553,16 +556,23 @@ class Worker:
         if part.dlq_sent and record.offset in part.dlq_sent:
             return  # an earlier owner dead-lettered it after its last checkpoint
         tp = part.tp
+        key, value = record.key, record.value
+        size = len(key or b"") + len(value or b"")
+        size += sum(len(name.encode()) + len(v) for name, v in record.headers or [])
+        if size > MAX_DEAD_LETTER_BYTES:
+            # Kafka would refuse it (and the partition would rewind forever): keep the why
+            # and the where, drop the value.
+            detail = f"{detail}; value of {len(value or b'')} bytes not kept: too large"
+            value = b""
+        elif value is None and key is None:
+            value = b""  # a record needs a key or a value; the reason header says "null"
         headers = list(record.headers or []) + codec.dlq_headers(
             reason, detail, tp.topic, tp.partition, record.offset
         )
-        value = record.value
-        if value is None and record.key is None:
-            value = b""  # a record needs a key or a value; the reason header says "null"
         try:
             self.publisher.send(
                 self.settings.dlq_topic,
-                record.key,
+                key,
                 value,
                 headers,
                 self._dlq_partition(tp),

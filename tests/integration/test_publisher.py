@@ -182,11 +182,25 @@ def test_worker_output_and_state_survive_a_hung_publisher(broker: str, redis_url
     check_predictions(broker, names.predictions, names.ticks, produced)
 
 
-def test_a_record_with_neither_key_nor_value_is_dead_lettered_not_retried_forever(
-    broker: str, redis_url: str
+HUGE = 1_040_000  # under Kafka's 1 MiB record limit, over it with the dead-letter headers
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "headers", "reason", "kept"),
+    [
+        # kafka-python refuses to publish a record with neither key nor value, which other
+        # clients may write: its dead letter carries an empty value (the reason says null).
+        (None, None, [], "not_json", b""),
+        # Kafka would refuse this one with our headers added: the value is not kept, and a
+        # header name longer than 64 KiB travels to the publisher intact.
+        (b"ES", b"x" * HUGE, [("h" * 70_000, b"v")], "too_large", b""),
+    ],
+    ids=["neither-key-nor-value", "too-large-to-dead-letter"],
+)
+def test_a_record_kafka_would_refuse_as_a_dead_letter_is_dead_lettered_anyway(
+    broker: str, redis_url: str, key, value, headers, reason, kept
 ) -> None:
-    """kafka-python refuses to publish a record with neither key nor value, which other
-    clients may write; its dead letter carries an empty value (the reason says null)."""
+    """Not a publish that fails and rewinds the partition forever."""
     names = Names.fresh()
     produced = produce(
         broker, names.ticks, tick_records(mixed_ticks(n_stocks=50, n_es=0)), partitions=1
@@ -196,18 +210,22 @@ def test_a_record_with_neither_key_nor_value_is_dead_lettered_not_retried_foreve
         step_until_checkpointed(worker, redis_url, names.group, produced, 30, "the ticks")
         (part,) = worker.partitions.values()
         offset = part.next_offset  # as if the next record on the partition were this one
-        null = SimpleNamespace(
-            topic=names.ticks, partition=0, offset=offset, key=None, value=None, headers=[]
+        record = SimpleNamespace(
+            topic=names.ticks, partition=0, offset=offset, key=key, value=value, headers=headers
         )
         with worker._lock:  # what step() does with a polled batch
-            worker._process_records(part.tp, [null], time.perf_counter())
+            worker._process_records(part.tp, [record], time.perf_counter())
             worker._ship(time.perf_counter())
         assert worker._checkpoint(part) and not part.send_failed
     finally:
         worker.shutdown()
         worker.publisher.close()
     (letter,) = read_topic(broker, names.dlq)
-    headers = dict(letter.headers)
-    assert (letter.key, letter.value) == (None, b"")
-    assert headers["tickprop.reason"] == b"not_json"
-    assert headers["tickprop.source.offset"] == str(offset).encode()
+    got = dict(letter.headers)
+    assert (letter.key, letter.value) == (key, kept)
+    assert got["tickprop.reason"] == reason.encode()
+    assert got["tickprop.source.offset"] == str(offset).encode()
+    for name, header_value in headers:
+        assert got[name] == header_value
+    if value is not None and kept != value:
+        assert f"value of {len(value)} bytes not kept".encode() in got["tickprop.detail"]
