@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-import redis
 from kafka import KafkaConsumer, KafkaProducer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +42,7 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
 from worker_kit import (  # noqa: E402
     Names,
+    in_process_worker,
     mixed_ticks,
     produce,
     read_topic,
@@ -51,22 +51,8 @@ from worker_kit import (  # noqa: E402
 
 from service.embedded import EmbeddedBroker, EmbeddedRedis  # noqa: E402
 from service.main import CONSUMER_OPTIONS, PRODUCER_OPTIONS  # noqa: E402
-from service.metrics import Metrics  # noqa: E402
-from service.publisher import ProcessPublisher  # noqa: E402
 from service.settings import Settings  # noqa: E402
-from service.store import Store  # noqa: E402
 from service.worker import Worker  # noqa: E402
-
-
-def settings_for(bootstrap: str, redis_url: str, names: Names) -> Settings:
-    return Settings(
-        kafka_bootstrap_servers=bootstrap,
-        redis_url=redis_url,
-        ticks_topic=names.ticks,
-        predictions_topic=names.predictions,
-        dlq_topic=names.dlq,
-        group_id=names.group,
-    )
 
 
 class Run(NamedTuple):
@@ -122,18 +108,11 @@ class Recorder:
         self.values.append(value)
 
 
-def make_worker(settings: Settings, redis_url: str) -> tuple[Worker, Recorder]:
-    metrics = Metrics()
+def make_worker(bootstrap: str, redis_url: str, names: Names) -> tuple[Worker, Recorder]:
+    """The worker as the tests build it, its process_seconds kept per observation."""
+    worker = in_process_worker(bootstrap, redis_url, names)
     recorder = Recorder()
-    metrics.process_seconds = recorder  # type: ignore[assignment]
-    worker = Worker(
-        settings,
-        KafkaConsumer(**settings.kafka_consumer_kwargs(), **CONSUMER_OPTIONS),
-        ProcessPublisher(settings.kafka_client_kwargs(), PRODUCER_OPTIONS),
-        Store(redis.Redis.from_url(redis_url), settings.group_id),
-        metrics,
-    )
-    worker.start()
+    worker.metrics.process_seconds = recorder
     return worker, recorder
 
 
@@ -141,12 +120,12 @@ def processed(worker: Worker) -> int:
     return sum(p.next_offset or 0 for p in worker.partitions.values())
 
 
-def worker_rate(settings: Settings, redis_url: str, n: int) -> Run:
+def worker_rate(bootstrap: str, redis_url: str, names: Names, n: int) -> Run:
     """Ticks/s through the whole worker, group join excluded, final checkpoint included.
 
     CPU time counts the worker's process and its publisher process.
     """
-    worker, _ = make_worker(settings, redis_url)
+    worker, _ = make_worker(bootstrap, redis_url, names)
     child = worker.publisher.pid
     started = None
     while processed(worker) < n:
@@ -162,9 +141,12 @@ def worker_rate(settings: Settings, redis_url: str, n: int) -> Run:
     return Run(n / elapsed, cpu / n * 1e6)
 
 
-def latency(settings: Settings, redis_url: str, env: dict[str, str], n: int, rate: float) -> Any:
+def latency(
+    bootstrap: str, redis_url: str, names: Names, env: dict[str, str], n: int, rate: float
+) -> Any:
     """Poll-to-publish and produce-to-publish times at a fixed offered rate."""
-    worker, recorder = make_worker(settings, redis_url)
+    worker, recorder = make_worker(bootstrap, redis_url, names)
+    settings = worker.settings
     while not worker.partitions:
         worker.step()
     csv = ROOT / "data" / "es_ticks_2013-09-01_03.csv.gz"
@@ -201,17 +183,14 @@ def main() -> None:
         source = Names.fresh()
         produce(broker.bootstrap, source.ticks, records)
 
-        def run_settings() -> Settings:  # same input topic, a group and outputs of its own
-            names = Names.fresh()
-            return settings_for(
-                broker.bootstrap, redis_server.url, replace(names, ticks=source.ticks)
-            )
+        def run_names() -> Names:  # same input topic, a group and outputs of its own
+            return replace(Names.fresh(), ticks=source.ticks)
 
         # Interleaved rounds, so a change in the shared machine's load hits both alike.
         relays, workers = [], []
         for _ in range(args.rounds):
-            relays.append(relay(run_settings(), n))
-            workers.append(worker_rate(run_settings(), redis_server.url, n))
+            relays.append(relay(run_names().settings(broker.bootstrap, redis_server.url), n))
+            workers.append(worker_rate(broker.bootstrap, redis_server.url, run_names(), n))
         ratios = [w.rate / r.rate for w, r in zip(workers, relays, strict=True)]
         print(f"records                 {n:,} real ticks, 6 partitions, {args.rounds} rounds")
         print(f"bare relay              {fmt([r.rate for r in relays])} records/s")
@@ -228,9 +207,8 @@ def main() -> None:
         produce(broker.bootstrap, latency_names.ticks, [])  # the topic exists before the join
         m = int(args.seconds * 1000)
         poll_to_publish, end_to_end = latency(
-            settings_for(broker.bootstrap, redis_server.url, latency_names),
-            redis_server.url, env, m, 1000.0,
-        )  # fmt: skip
+            broker.bootstrap, redis_server.url, latency_names, env, m, 1000.0
+        )
         p50, p99 = np.percentile(poll_to_publish, [50, 99]) * 1000
         e50, e99 = np.percentile(end_to_end, [50, 99]) * 1000
         print(f"at 1,000 ticks/s ({m:,} ticks): poll-to-publish p50 {p50:.2f} ms  p99 {p99:.2f} ms")

@@ -292,24 +292,29 @@ class Names:
             "TICKPROP_GROUP_ID": self.group,
         }
 
+    def settings(self, broker: str, redis_url: str, **settings: Any) -> Any:
+        """Worker settings for these topics and group on the given servers."""
+        from service.settings import Settings
+
+        return Settings(
+            kafka_bootstrap_servers=broker,
+            redis_url=redis_url,
+            ticks_topic=self.ticks,
+            predictions_topic=self.predictions,
+            dlq_topic=self.dlq,
+            group_id=self.group,
+            **settings,
+        )
+
 
 def in_process_worker(broker: str, redis_url: str, names: Names, **settings: Any) -> Any:
     """A real Worker (real consumer, publisher, store; fresh metrics registry), started."""
     from service.main import CONSUMER_OPTIONS, PRODUCER_OPTIONS
     from service.metrics import Metrics
     from service.publisher import ProcessPublisher
-    from service.settings import Settings
     from service.worker import Worker
 
-    s = Settings(
-        kafka_bootstrap_servers=broker,
-        redis_url=redis_url,
-        ticks_topic=names.ticks,
-        predictions_topic=names.predictions,
-        dlq_topic=names.dlq,
-        group_id=names.group,
-        **settings,
-    )
+    s = names.settings(broker, redis_url, **settings)
     client = redis.Redis.from_url(redis_url, **s.redis_client_kwargs())
     worker = Worker(
         s,
