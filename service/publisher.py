@@ -3,9 +3,9 @@
 Why a process: kafka-python is pure Python. Its `send()` costs ~20 µs of interpreter
 time per record and its sender thread more, all under the one GIL the learner needs;
 measured in one process (benchmarks/bench_worker.py) the worker ran at ~0.39x a bare
-relay, and replacing `send()` with a no-op nearly doubled it. In a child process the
+relay, and replacing `send()` with a no-op more than doubled it. In a child process the
 producer has an interpreter (and a core) of its own; the worker only appends each
-record to a buffer (~1 µs) and ships the buffer once per poll batch.
+record to a buffer (~1 µs) and ships the buffer every few dozen records.
 
 What the worker relies on (and tests/integration/test_publisher.py checks):
 
@@ -149,7 +149,8 @@ class ProcessPublisher:
             self.ship()
 
     def ship(self) -> None:
-        """Hand the queued records to the child (the worker calls this once per poll batch)."""
+        """Hand the queued records to the child (the worker: every 64 predictions and at
+        the end of each poll batch; `send` itself once the buffer holds SHIP_BYTES)."""
         if not self._buffer:
             return
         data, self._buffer = self._buffer, bytearray()
