@@ -8,25 +8,16 @@ stack itself is never started by the suite.
 from __future__ import annotations
 
 import base64
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from dev_tools import tool
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "deploy" / "docker-compose.yml"
-
-
-def tool(name: str) -> str:
-    """A console script of the dev extra: beside this interpreter, else on PATH."""
-    beside = Path(sys.executable).parent / name
-    found = str(beside) if beside.exists() else shutil.which(name)
-    assert found, f"{name} not found: install the dev extra (pip install -e '.[dev]')"
-    return found
 
 
 @pytest.fixture(scope="module")

@@ -9,26 +9,17 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
 import pytest
+from dev_tools import tool
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 LOCK = ROOT / "deploy" / "requirements.lock"
 BUILD_LOCK = ROOT / "deploy" / "build-requirements.lock"
-
-
-def tool(name: str) -> str:
-    """A console script of the dev extra: beside this interpreter, else on PATH."""
-    beside = Path(sys.executable).parent / name
-    found = str(beside) if beside.exists() else shutil.which(name)
-    assert found, f"{name} not found: install the dev extra (pip install -e '.[dev]')"
-    return found
 
 
 def instructions(text: str) -> list[tuple[str, str]]:

@@ -8,27 +8,18 @@ JSON schema (deploy/k8s/schemas/README.md says where it comes from).
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 import yaml
+from dev_tools import tool
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 BUILTIN = ["configmap.yaml", "secret.yaml", "deployment.yaml", "service.yaml", "pdb.yaml"]
-
-
-def tool(name: str) -> str:
-    """A console script of the dev extra: beside this interpreter, else on PATH."""
-    beside = Path(sys.executable).parent / name
-    found = str(beside) if beside.exists() else shutil.which(name)
-    assert found, f"{name} not found: install the dev extra (pip install -e '.[dev]')"
-    return found
 
 
 def load(name: str) -> dict[str, Any]:
