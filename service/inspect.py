@@ -26,8 +26,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import redis
-
     from service.settings import ConfigError, load_settings
     from service.store import Store, StoreUnavailable
 
@@ -36,7 +34,11 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"tickprop inspect: {exc}", file=sys.stderr)
         return 2
-    client = redis.Redis.from_url(settings.redis_url, **settings.redis_client_kwargs())
+    try:
+        client = settings.redis_client()
+    except StoreUnavailable as exc:
+        print(f"tickprop inspect: {exc}", file=sys.stderr)
+        return 1
     store = Store(client, args.group or settings.group_id)
     try:
         report = summarise(store, settings.learner_config(), args.partitions)

@@ -83,7 +83,6 @@ class StartupError(Exception):
 
 
 def _serve(settings: Any, max_idle_seconds: float | None, startup_timeout: float) -> int:
-    import redis
     from kafka import KafkaConsumer
 
     from service.metrics import Metrics, serve
@@ -93,7 +92,8 @@ def _serve(settings: Any, max_idle_seconds: float | None, startup_timeout: float
     from service.worker import Worker
 
     deadline = time.monotonic() + startup_timeout
-    client = redis.Redis.from_url(settings.redis_url, **settings.redis_client_kwargs())
+    # A cluster client asks for the slot map as it is built: that is retried too.
+    client = _retry("redis", settings.redis_client, deadline)
     store = Store(client, settings.group_id)
     _retry("redis", store.ping, deadline)
     topics = [settings.ticks_topic, settings.predictions_topic, settings.dlq_topic]

@@ -123,6 +123,11 @@ class Settings(BaseSettings):
     redis_socket_timeout_seconds: float = Field(
         5.0, gt=0, le=300, description="Timeout of one Redis command or connect."
     )
+    redis_cluster: bool = Field(
+        False,
+        description="TICKPROP_REDIS_URL names any node of a Redis Cluster: use redis-py's "
+        "cluster client (database 0 only; not with unix://).",
+    )
 
     # --- Metrics and logs ------------------------------------------------------
     metrics_host: str = Field(
@@ -265,6 +270,13 @@ class Settings(BaseSettings):
                 )
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError("TICKPROP_SSL_CERTFILE and TICKPROP_SSL_KEYFILE go together")
+        if self.redis_cluster:
+            url = urlsplit(self.redis_url)
+            if url.scheme == "unix" or url.path.strip("/") not in ("", "0"):
+                raise ValueError(
+                    "TICKPROP_REDIS_CLUSTER=true needs a redis:// or rediss:// TICKPROP_REDIS_URL "
+                    f"of database 0 (a Cluster has no other), not {redact_url(self.redis_url)!r}"
+                )
         return self
 
     def __repr_args__(self) -> Any:
@@ -318,6 +330,12 @@ class Settings(BaseSettings):
             "max_poll_records": self.poll_max_records,
         }
 
+    def redis_client(self) -> Any:
+        """A Redis client for the state (`service.store.connect`); the caller closes it."""
+        from service.store import connect
+
+        return connect(self.redis_url, self.redis_cluster, **self.redis_client_kwargs())
+
     def redis_client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `redis.Redis.from_url(settings.redis_url, **kwargs)`."""
         kwargs: dict[str, Any] = {
@@ -329,9 +347,12 @@ class Settings(BaseSettings):
         if self.redis_password is not None:
             kwargs["password"] = self.redis_password.get_secret_value()
         if self.redis_ssl and urlsplit(self.redis_url).scheme == "redis":
-            import redis
+            if self.redis_cluster:
+                kwargs["ssl"] = True  # the cluster client builds its own connection classes
+            else:
+                import redis
 
-            kwargs["connection_class"] = redis.SSLConnection
+                kwargs["connection_class"] = redis.SSLConnection
         if self.redis_ssl or urlsplit(self.redis_url).scheme == "rediss":
             kwargs["ssl_cert_reqs"] = "required"
             if self.redis_ssl_cafile is not None:

@@ -35,7 +35,14 @@ from kafka.partitioner.default import murmur2
 
 from model.learner import LearnerConfig, OnlineLearner, Score
 from service import codec
-from service.store import Fenced, OffsetWentBackwards, Store, StoreError, StoreUnavailable
+from service.store import (
+    Fenced,
+    OffsetWentBackwards,
+    StateWentBack,
+    Store,
+    StoreError,
+    StoreUnavailable,
+)
 
 if TYPE_CHECKING:
     from service.metrics import Metrics
@@ -86,9 +93,10 @@ class Partition:
 
     tp: TopicPartition
     status: Status = Status.NEEDS_CLAIM
-    epoch: int = 0
+    epoch: str = ""  # the fence of our claim
     learners: dict[str, OnlineLearner] = field(default_factory=dict)
     next_offset: int | None = None  # None: nothing read yet and no checkpoint
+    stored_offset: int | None = None  # the offset in Redis, as we last stored or claimed it
     dirty: set[str] = field(default_factory=set)
     ticks_since_checkpoint: int = 0
     last_checkpoint_at: float = 0.0
@@ -399,7 +407,7 @@ class Worker:
         part.reset(Status.ACTIVE)
         part.epoch = state.epoch
         part.learners = learners
-        part.next_offset = state.offset
+        part.next_offset = part.stored_offset = state.offset
         part.dlq_mark = state.dlq_mark
         part.dlq_sent = None if self.dlq_reader is not None else set()
         part.failures = 0
@@ -732,8 +740,14 @@ class Worker:
         mark = None if part.dlq_last is None else part.dlq_last + 1
         try:
             self.store.checkpoint(
-                tp.topic, tp.partition, part.epoch, part.next_offset, blobs, dlq_mark=mark
-            )
+                tp.topic, tp.partition, part.epoch, part.next_offset, blobs, dlq_mark=mark,
+                stored_offset=part.stored_offset,
+            )  # fmt: skip
+        except StateWentBack as exc:  # a Redis failover lost checkpoints: re-read from there
+            self.metrics.checkpoint_failures.inc()
+            part.reset(Status.NEEDS_CLAIM)
+            self._pause(part, exc, "state_went_back")
+            return False
         except Fenced as exc:
             self.metrics.checkpoint_failures.inc()
             self.metrics.fenced_checkpoints.inc()
@@ -747,6 +761,7 @@ class Worker:
         except (StoreUnavailable, OffsetWentBackwards) as exc:
             self._checkpoint_failed(part, exc)
             return False
+        part.stored_offset = part.next_offset
         self.metrics.checkpoints.inc()
         self.metrics.checkpoint_seconds.observe(self.clock.perf_counter() - started)
         self.metrics.last_checkpoint_timestamp_seconds.set(self.clock.time())
