@@ -20,8 +20,8 @@ import socket
 import subprocess
 import tempfile
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -345,7 +345,7 @@ class EmbeddedRedisCluster:
 
     def _form(self) -> None:
         first = self.client(self.nodes[0])
-        ids = {node: self.client(node).execute_command("CLUSTER MYID").decode() for node in self.nodes}
+        ids = {n: self.client(n).execute_command("CLUSTER MYID").decode() for n in self.nodes}
         for index, master in enumerate(self.masters):
             low = index * self.SLOTS // len(self.masters)
             high = (index + 1) * self.SLOTS // len(self.masters)
@@ -388,7 +388,7 @@ class EmbeddedRedisCluster:
         """A plain (not cluster) client of one node."""
         import redis
 
-        return redis.Redis(host=node.host, port=node.port, socket_timeout=5)
+        return redis.Redis(host=node.host, port=node.port or 0, socket_timeout=5)
 
     def slots(self, node: EmbeddedRedis) -> list[tuple[int, int]]:
         """The slot ranges `node` serves, by its own CLUSTER NODES line."""
