@@ -102,6 +102,20 @@ class Scorecard:
         out["baselines"] = {name: dict(cumulative[name], fading=faded[name]) for name in BASELINES}
         return out
 
+    def recent(self) -> tuple[float, float | None, float | None]:
+        """(faded weight, faded kappa_temporal, faded accuracy minus the best baseline's).
+
+        The cheap summary the metrics' spread across symbols is built from (None before
+        the first score).
+        """
+        k = len(FIELDS)
+        w, hits_net, hits_base, hits_persist = self._s[k : k + 4]
+        if w <= 0.0:
+            return w, None, None
+        acc, persistence = hits_net / w, hits_persist / w
+        best = max(hits_base / w, persistence, (w - hits_persist) / w)
+        return w, kappa(acc, persistence), acc - best
+
     # ------------------------------------------------------------- serialisation
     def state(self) -> np.ndarray:
         """The whole state, shape (STATE_SIZE,) float64; `from_state` restores it exactly."""

@@ -1,5 +1,8 @@
 """Every Prometheus metric of the service, defined once, and the /metrics, /healthz, /readyz server.
 
+The same server answers the read-only query API (`service.query_api`, GET /symbols...)
+when it is given a directory of the symbols held.
+
 Names follow DESIGN.md (prefix `tickprop_`, base units, counters ending in
 `_total`); labels are bounded: outcomes, reason codes, model names, partitions.
 Tests pass a fresh `CollectorRegistry()` and read values with `get_sample_value`.
@@ -8,8 +11,9 @@ Tests pass a fresh `CollectorRegistry()` and read values with `get_sample_value`
 from __future__ import annotations
 
 import itertools
+import math
 import threading
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -22,9 +26,14 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import (
+    GaugeHistogramMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.utils import floatToGoString
 
+from service import query_api
 from service.codec import REASONS
 
 OUTCOMES = ("processed", "invalid", "late")
@@ -89,6 +98,74 @@ class TickHistogram:
         yield HistogramMetricFamily(self.name, self.documentation)
 
 
+# Per-symbol kappa-temporal (faded): below 0 the model trails persistence, 1 is perfect.
+KAPPA_BUCKETS = (-1.0, -0.5, -0.25, -0.1, 0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
+# A symbol is judged once its faded scorecard holds this much weight (~ recent scores).
+SPREAD_MIN_WEIGHT = 100.0
+
+# (horizon, (faded weight, faded kappa_temporal, faded accuracy minus the best baseline's))
+SpreadPoint = tuple[int, tuple[float, float | None, float | None]]
+
+
+class SpreadCollector:
+    """The spread of the per-symbol scorecards across symbols, computed at scrape time.
+
+    No label per symbol: per horizon, how many symbols are judged (faded weight >=
+    SPREAD_MIN_WEIGHT), how many of those beat their best baseline's faded accuracy, and
+    a gauge histogram of their faded kappa-temporal. `points()` is called on the scrape
+    thread and must take the worker's lock itself.
+    """
+
+    def __init__(self, points: Callable[[], Iterator[SpreadPoint] | list[SpreadPoint]]) -> None:
+        self.points = points
+
+    def collect(self) -> Iterator[GaugeMetricFamily | GaugeHistogramMetricFamily]:
+        judged: dict[int, int] = {}
+        beating: dict[int, int] = {}
+        kappas: dict[int, list[float]] = {}
+        for horizon, (weight, kappa_t, lead) in self.points():
+            judged.setdefault(horizon, 0)
+            beating.setdefault(horizon, 0)
+            kappas.setdefault(horizon, [])
+            if weight < SPREAD_MIN_WEIGHT or lead is None:
+                continue
+            judged[horizon] += 1
+            beating[horizon] += lead > 0.0
+            if kappa_t is not None:
+                kappas[horizon].append(kappa_t)
+        yield from self._families(judged, beating, kappas)
+
+    def _families(
+        self, judged: dict[int, int], beating: dict[int, int], kappas: dict[int, list[float]]
+    ) -> Iterator[GaugeMetricFamily | GaugeHistogramMetricFamily]:
+        n = GaugeMetricFamily(
+            "tickprop_symbols_judged",
+            f"Symbols whose faded scorecard holds >= {SPREAD_MIN_WEIGHT:g} weight, by horizon.",
+            labels=["horizon"],
+        )
+        b = GaugeMetricFamily(
+            "tickprop_symbols_beating_baselines",
+            "Judged symbols whose faded accuracy beats every baseline's, by horizon.",
+            labels=["horizon"],
+        )
+        k = GaugeHistogramMetricFamily(
+            "tickprop_symbol_kappa_temporal",
+            "Judged symbols by faded kappa-temporal (model vs persistence), by horizon.",
+            labels=["horizon"],
+        )
+        for horizon in sorted(judged):
+            label = [str(horizon)]
+            n.add_metric(label, judged[horizon])
+            b.add_metric(label, beating[horizon])
+            values = sorted(kappas[horizon])
+            buckets = [(floatToGoString(le), bisect_right(values, le)) for le in KAPPA_BUCKETS]
+            k.add_metric(label, [*buckets, ("+Inf", len(values))], gsum_value=math.fsum(values))
+        yield from (n, b, k)
+
+    def describe(self) -> Iterator[GaugeMetricFamily | GaugeHistogramMetricFamily]:
+        return iter(())  # label values are only known at scrape time
+
+
 class Metrics:
     """The service's metrics, registered in `registry` (a fresh one when None)."""
 
@@ -147,6 +224,11 @@ class Metrics:
             "tickprop_prequential_log_loss",
             "Rolling log loss of scored predictions, by model (NaN where a model has none).",
             ["model"], registry=r,
+        )  # fmt: skip
+        self.drift_alarms = Counter(
+            "tickprop_drift_alarms_total",
+            "Drift alarms raised by the per-symbol Page-Hinkley detectors, by horizon.",
+            ["horizon"], registry=r,
         )  # fmt: skip
         self.consumer_lag = Gauge(
             "tickprop_consumer_lag", "Records behind: end offset minus position, by partition.",
@@ -213,13 +295,17 @@ class Metrics:
         for event in ("assigned", "revoked"):
             self.rebalances.labels(event=event)
 
+    def watch_spread(self, points: Callable[[], Iterator[SpreadPoint] | list[SpreadPoint]]) -> None:
+        """Expose the spread across symbols (`SpreadCollector`) of what `points()` yields."""
+        self.registry.register(SpreadCollector(points))
+
     def exposition(self) -> bytes:
         """The registry in Prometheus text format."""
         return generate_latest(self.registry)
 
 
 class MetricsServer(ThreadingHTTPServer):
-    """HTTP server for /metrics, /healthz and /readyz; runs in a daemon thread."""
+    """HTTP server for /metrics, /healthz, /readyz and /symbols; runs in a daemon thread."""
 
     daemon_threads = True
 
@@ -229,11 +315,13 @@ class MetricsServer(ThreadingHTTPServer):
         metrics: Metrics,
         ready: Callable[[], bool],
         alive: Callable[[], bool],
+        directory: query_api.Directory | None = None,
     ) -> None:
         super().__init__(address, _Handler)
         self.metrics = metrics
         self.ready = ready
         self.alive = alive
+        self.directory = directory
         self.thread: threading.Thread | None = None
 
     @property
@@ -249,6 +337,7 @@ class MetricsServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     server: MetricsServer
+    _send_body = True
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         path = self.path.split("?", 1)[0]
@@ -258,8 +347,32 @@ class _Handler(BaseHTTPRequestHandler):
             self._probe(self.server.alive, "alive", "not alive")
         elif path == "/readyz":
             self._probe(self.server.ready, "ready", "not ready")
+        elif query_api.handles(path) and self.server.directory is not None:
+            status, body = query_api.answer(self.path, self.server.directory)
+            self._reply(status, body, query_api.JSON)
         else:
-            self._reply(404, b"not found: try /metrics, /healthz or /readyz\n")
+            self._reply(404, b"not found: try /metrics, /healthz, /readyz or /symbols\n")
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._send_body = False
+        self.do_GET()
+
+    def __getattr__(self, name: str) -> Any:
+        # http.server answers a method it has no do_X for with 501, a server error; a
+        # read-only API refuses POST, PUT, DELETE... with 405 instead.
+        if name.startswith("do_"):
+            return self._not_allowed
+        raise AttributeError(name)
+
+    def _not_allowed(self) -> None:
+        body = b'{"error":"read-only: only GET and HEAD are allowed"}'
+        self.close_connection = True  # a body the client sent is not read
+        self.send_response(405)
+        self.send_header("Allow", "GET, HEAD")
+        self.send_header("Content-Type", query_api.JSON)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def _probe(self, check: Callable[[], bool], yes: str, no: str) -> None:
         try:
@@ -273,7 +386,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        if self._send_body:
+            self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # scrapes every few seconds would flood the service's own log
@@ -285,13 +399,15 @@ def serve(
     port: int,
     ready: Callable[[], bool],
     alive: Callable[[], bool] = lambda: True,
+    directory: query_api.Directory | None = None,
 ) -> MetricsServer:
     """Start the metrics HTTP server in a daemon thread; port 0 picks a free port.
 
     /metrics: Prometheus text; /healthz: 200 while `alive()` (the worker loop runs),
-    else 503; /readyz: 200 while `ready()`, else 503. Call `.stop()` to shut it down.
+    else 503; /readyz: 200 while `ready()`, else 503; /symbols...: the query API over
+    `directory` (absent when None). Call `.stop()` to shut it down.
     """
-    server = MetricsServer((host, port), metrics, ready, alive)
+    server = MetricsServer((host, port), metrics, ready, alive, directory)
     server.thread = threading.Thread(
         target=server.serve_forever, name="tickprop-metrics", daemon=True
     )

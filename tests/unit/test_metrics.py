@@ -136,3 +136,28 @@ def test_a_probe_that_raises_reports_not_ready(metrics):
         assert get(f"http://127.0.0.1:{server.port}/readyz")[0] == 503
     finally:
         server.stop()
+
+
+def test_spread_across_symbols_counts_judged_and_beating_symbols_and_bins_kappa(metrics):
+    points = [
+        (1, (500.0, 0.30, 0.05)),  # judged, beats its best baseline
+        (1, (500.0, -0.20, -0.01)),  # judged, trails
+        (1, (500.0, None, 0.02)),  # judged, beats; persistence perfect: no kappa
+        (1, (50.0, 0.9, 0.3)),  # too few recent scores to judge
+        (5, (0.0, None, None)),  # nothing scored yet
+    ]
+    metrics.watch_spread(lambda: points)
+    r = metrics.registry
+    assert r.get_sample_value("tickprop_symbols_judged", {"horizon": "1"}) == 3
+    assert r.get_sample_value("tickprop_symbols_beating_baselines", {"horizon": "1"}) == 2
+    assert r.get_sample_value("tickprop_symbols_judged", {"horizon": "5"}) == 0
+    bucket = "tickprop_symbol_kappa_temporal_bucket"
+    assert r.get_sample_value(bucket, {"horizon": "1", "le": "-0.25"}) == 0
+    assert r.get_sample_value(bucket, {"horizon": "1", "le": "-0.1"}) == 1
+    assert r.get_sample_value(bucket, {"horizon": "1", "le": "0.5"}) == 2
+    assert r.get_sample_value(bucket, {"horizon": "1", "le": "+Inf"}) == 2
+    assert r.get_sample_value("tickprop_symbol_kappa_temporal_gsum", {"horizon": "1"}) == (
+        pytest.approx(0.1)
+    )
+    points.clear()  # computed at each scrape: nothing held, nothing exposed
+    assert r.get_sample_value("tickprop_symbols_judged", {"horizon": "1"}) is None

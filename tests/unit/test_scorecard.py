@@ -168,3 +168,14 @@ def test_malformed_states_and_factors_are_refused() -> None:
     for alpha in (0.0, 1.5, float("nan")):
         with pytest.raises(ValueError, match="fading factor"):
             Scorecard(alpha)
+
+
+def test_recent_summary_agrees_with_the_faded_figures() -> None:
+    card = fill(stream(800, seed=2), 0.99)
+    weight, kappa_t, lead = card.recent()
+    faded = card.as_dict()["fading"]
+    baselines = card.as_dict()["baselines"]
+    best = max(baselines[b]["fading"]["accuracy"] for b in baselines)
+    assert weight == faded["weight"] and kappa_t == faded["kappa_temporal"]
+    assert lead == pytest.approx(faded["accuracy"] - best, abs=1e-12)
+    assert Scorecard().recent() == (0.0, None, None)
