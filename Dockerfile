@@ -8,6 +8,9 @@
 # pip cache) and runs as an unprivileged user. No secret is baked in: Redis and
 # Kafka credentials come from the environment at run time.
 
+# Any glibc-based CPython 3.11-3.14 image (Debian bookworm or trixie based, x86_64
+# or aarch64): deploy/requirements.lock holds the wheels and the conditional
+# dependencies for each of them (see deploy/update_locks.py).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # ---------------------------------------------------------------- builder ----
@@ -52,9 +55,12 @@ RUN groupadd --system --gid 10001 tickprop \
 COPY --from=builder /wheels /tmp/wheels
 COPY deploy/requirements.lock /tmp/requirements.lock
 # Install from the local, hash-checked wheels only (no index), then tickprop.
+# --no-deps would hide a dependency missing from the lock: `pip check` fails the
+# build if any installed package lacks one on this image's Python.
 RUN pip install --no-index --find-links=/tmp/wheels --no-deps --require-hashes \
         -r /tmp/requirements.lock \
  && pip install --no-index --no-deps /tmp/wheels/tickprop-*.whl \
+ && pip check \
  && rm -rf /tmp/wheels /tmp/requirements.lock
 
 USER 10001:10001

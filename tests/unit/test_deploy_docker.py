@@ -105,7 +105,8 @@ def test_dependencies_install_only_from_hash_pinned_locks(steps: list[tuple[str,
     assert any("--no-index" in run for run in pip_runs)
 
 
-def lock_entries(path: Path) -> dict[str, tuple[str, list[str]]]:
+def lock_lines(path: Path) -> dict[str, tuple[str, str, list[str]]]:
+    """name -> (version, environment marker or "", hashes) of a requirements lock."""
     text = re.sub(r"\\\n", " ", path.read_text())
     entries = {}
     for line in text.splitlines():
@@ -113,9 +114,14 @@ def lock_entries(path: Path) -> dict[str, tuple[str, list[str]]]:
         if not line or line.startswith("#"):
             continue
         requirement, *hashes = line.split("--hash=")
-        name, _, version = requirement.strip().partition("==")
-        entries[name.lower()] = (version, [h.strip() for h in hashes])
+        pin, _, marker = requirement.partition(";")
+        name, _, version = pin.strip().partition("==")
+        entries[name.lower()] = (version, marker.strip(), [h.strip() for h in hashes])
     return entries
+
+
+def lock_entries(path: Path) -> dict[str, tuple[str, list[str]]]:
+    return {name: (v, hashes) for name, (v, _, hashes) in lock_lines(path).items()}
 
 
 @pytest.mark.parametrize("lock", [LOCK, BUILD_LOCK], ids=["runtime", "build"])
@@ -156,3 +162,41 @@ def test_dockerignore_keeps_the_build_context_to_what_the_image_needs() -> None:
     assert copied <= allowed, copied - allowed
     for path in copied:
         assert (ROOT / path).exists(), path
+
+
+# CPython releases the Dockerfile admits (its header), at patch levels where markers differ.
+ADMITTED_PYTHONS = ["3.11.0", "3.11.2", "3.11.3", "3.11.14", "3.12.0", "3.13.0", "3.14.0"]
+
+
+@pytest.mark.parametrize("python", ADMITTED_PYTHONS)
+def test_runtime_lock_is_complete_on_every_admitted_python(python: str) -> None:
+    """pip installs the lock with --no-deps: each locked package's own requirements that
+    hold on this Python must be in the lock too, with a marker that holds and a version
+    that fits (redis needs async-timeout below 3.11.3; Debian bookworm has 3.11.2)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.markers import Marker
+    from packaging.requirements import Requirement
+
+    env = {"python_version": python.rsplit(".", 1)[0], "python_full_version": python,
+           "implementation_name": "cpython", "platform_python_implementation": "CPython",
+           "sys_platform": "linux", "platform_system": "Linux", "extra": ""}  # fmt: skip
+    entries = lock_lines(LOCK)
+    installed = {
+        n for n, (_, marker, _) in entries.items() if not marker or Marker(marker).evaluate(env)
+    }
+    checked = 0
+    for name in installed:
+        try:
+            requires = distribution(name).requires or []
+        except PackageNotFoundError:
+            continue  # not in this venv (e.g. async-timeout on 3.11.7): nothing to walk
+        for spec in requires:
+            req = Requirement(spec)
+            if req.marker is not None and not req.marker.evaluate(env):
+                continue
+            dep = re.sub(r"[-_.]+", "-", req.name).lower()
+            assert dep in installed, f"{name} needs {spec} on Python {python}: not in the lock"
+            assert req.specifier.contains(entries[dep][0], prereleases=True), (spec, entries[dep])
+            checked += 1
+    assert checked >= 10
