@@ -414,6 +414,29 @@ class EmbeddedRedisCluster:
                 return node
         return None
 
+    def cut_replication(self, replica: EmbeddedRedis) -> None:
+        """Stop `replica` receiving its master's writes, as a network partition would.
+
+        It is told to log in to its master as a user that does not exist and its link is
+        dropped: every reconnect is then refused, so writes from now on exist only on the
+        master, and a failover to this replica loses them (Redis replicates
+        asynchronously). The replica stays eligible for a failover for
+        cluster-node-timeout x cluster-replica-validity-factor (10) after the cut.
+        """
+        client = self.client(replica)
+        client.config_set("masteruser", "tickprop-no-such-user")
+        client.config_set("masterauth", "wrong")
+        client.execute_command("CLIENT KILL TYPE master")
+        self._wait(
+            lambda: client.info("replication").get("master_link_status") == "down",
+            "replication link down",
+        )
+
+    def wait_promoted(self, replica: EmbeddedRedis, timeout: float = 30.0) -> None:
+        """Wait until `replica` is a master (after its master died: an automatic failover)."""
+        client = self.client(replica)
+        self._wait(lambda: client.info("replication")["role"] == "master", "failover", timeout)
+
     def close(self) -> None:
         for node in self.nodes:
             node.close()

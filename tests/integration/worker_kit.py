@@ -19,14 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from model.learner import LearnerConfig, OnlineLearner
 from service.codec import InvalidTick, decode_tick
 from service.embedded import create_topics
 from service.inspect import summarise
-from service.store import Store
+from service.store import Store, connect
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data"
@@ -215,19 +214,20 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str, step: f
         time.sleep(step)
 
 
-def store_for(redis_url: str, group: str) -> Store:
-    return Store(redis.Redis.from_url(redis_url), group)
+def store_for(redis_url: str, group: str, cluster: bool = False) -> Store:
+    """A Store of `group`; `cluster`: `redis_url` is a node of a Redis Cluster."""
+    return Store(connect(redis_url, cluster), group)
 
 
-def stored_symbols(redis_url: str, group: str) -> dict[str, dict[str, Any]]:
+def stored_symbols(redis_url: str, group: str, cluster: bool = False) -> dict[str, dict[str, Any]]:
     """`tickprop inspect`'s "symbols" for the group."""
-    return dict(summarise(store_for(redis_url, group), LearnerConfig())["symbols"])
+    return dict(summarise(store_for(redis_url, group, cluster), LearnerConfig())["symbols"])
 
 
-def stored_offsets(redis_url: str, group: str) -> dict[int, int]:
+def stored_offsets(redis_url: str, group: str, cluster: bool = False) -> dict[int, int]:
     return {
         partition: state.offset
-        for (_, partition), state in store_for(redis_url, group).load_all().items()
+        for (_, partition), state in store_for(redis_url, group, cluster).load_all().items()
         if state.offset is not None
     }
 
@@ -315,7 +315,7 @@ def in_process_worker(broker: str, redis_url: str, names: Names, **settings: Any
     from service.worker import Worker
 
     s = names.settings(broker, redis_url, **settings)
-    client = redis.Redis.from_url(redis_url, **s.redis_client_kwargs())
+    client = s.redis_client()
     worker = Worker(
         s,
         KafkaConsumer(**s.kafka_consumer_kwargs(), **CONSUMER_OPTIONS),
