@@ -14,6 +14,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "produce": ("service.produce", "replay a CSV of ticks (or a synthetic series) into Kafka"),
     "backtest": ("service.backtest", "run the online learner offline over a CSV and report"),
     "inspect": ("service.inspect", "print each symbol's model_version and weights hash from Redis"),
+    "repartition": (
+        "service.repartition",
+        "grow the ticks topic and move each symbol's state to its new partition",
+    ),
     "dev": ("service.dev", "start a local broker and Redis for development"),
 }
 

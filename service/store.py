@@ -145,6 +145,25 @@ redis.call('HSET', KEYS[1], 'epoch', 'moved')
 return 1
 """
 
+# Moving one symbol's field between two partition hashes (different slots): copy, then
+# delete, each one key and each safe to repeat, since the source is deleted only once the
+# target holds the same bytes.
+# KEYS[1] = target hash; ARGV = field, blob. 1 when the target holds the blob now, 0 when it
+# holds other bytes for that symbol (kept).
+_PUT_LUA = """
+local held = redis.call('HGET', KEYS[1], ARGV[1])
+if held and held ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+# KEYS[1] = source hash; ARGV = field, blob. Delete the field only if it still holds blob.
+_DROP_LUA = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 1
+"""
+
 
 class StoreError(Exception):
     """Base class of the checkpoint store's errors."""
@@ -268,6 +287,8 @@ class Store:
         self._freeze = client.register_script(_FREEZE_LUA)
         self._copy = client.register_script(_COPY_LUA)
         self._empty = client.register_script(_EMPTY_LUA)
+        self._put = client.register_script(_PUT_LUA)
+        self._drop = client.register_script(_DROP_LUA)
 
     def key(self, topic: str, partition: int) -> str:
         return partition_key(self.group, topic, partition)
@@ -362,6 +383,33 @@ class Store:
             self._empty(keys=[old])
         except REDIS_ERRORS as exc:
             raise StoreUnavailable(f"moving {old!r} to {new!r} failed: {exc}") from exc
+        return True
+
+    def move_symbol(self, topic: str, symbol: str, source: int, target: int) -> bool:
+        """Move `symbol`'s state from partition `source`'s hash to `target`'s (repartition).
+
+        Copy, then delete from the source only what was copied: a run interrupted between
+        the two, or repeated, finishes the move and loses nothing. Returns False when the
+        source no longer holds the symbol (moved before). Raises ``LayoutConflict`` when the
+        target holds other state for it (both kept). Workers must be stopped: the symbol's
+        state is not fenced while it moves (repartition renews both partitions' fences first).
+        """
+        name = symbol_field(symbol)
+        src, dst = self.key(topic, source), self.key(topic, target)
+        try:
+            blob = self.client.hget(src, name)
+            if blob is None:
+                return False
+            if not int(self._put(keys=[dst], args=[name, blob])):
+                raise LayoutConflict(
+                    f"{symbol!r} has state in {topic}[{source}] and other state in "
+                    f"{topic}[{target}]; both kept, nothing moved: delete the one not wanted"
+                )
+            self._drop(keys=[src], args=[name, blob])
+        except REDIS_ERRORS as exc:
+            raise StoreUnavailable(
+                f"moving {symbol!r} from {src!r} to {dst!r} failed: {exc}"
+            ) from exc
         return True
 
     def legacy_partitions(self) -> list[tuple[str, int]]:
