@@ -47,7 +47,7 @@ def main() -> None:
             learner.on_tick(ts, p)
         return (time.perf_counter() - start) / len(ticks)
 
-    net = build_network("ES", config)
+    net = build_network("ES", config, config.horizons[0])
     rng = np.random.default_rng(0)
     xs = rng.normal(size=(2000, net.n_in))
     ys = (rng.random(2000) < 0.5).astype(float)

@@ -1,26 +1,32 @@
-"""The per-symbol online learner: features, prequential scoring, one backprop step per label.
+"""The per-symbol online learner: features, one network per horizon, prequential scoring.
 
-Each tick, in this order (DESIGN.md):
+A symbol's learner predicts, on every tick, whether the price `h` ticks later will
+be higher, for each horizon h of `LearnerConfig.horizons` (default 1, 5 and 20
+ticks). Each tick, in this order (DESIGN.md):
 
 1. fold the price into the feature window (`model.features.TickFeatures`);
-2. resolve the prediction made `horizon` ticks ago: its label is up (1) when the
-   price rose by more than the dead band, down (0) when it fell by more than it,
-   none inside the band (neither scored nor trained on);
+2. for each horizon h, resolve the prediction made h ticks ago: its label is up
+   (1) when the price rose by more than the dead band, down (0) when it fell by
+   more than it, none inside the band (neither scored nor trained on);
 3. score that prediction and the baselines' predictions made at the same tick
    ("test, then train"), only if the features were ready when it was made;
-4. take exactly one backprop step on the stored (x, label);
-5. predict for this tick: the network's p_up once the features are ready, the
-   base rate before.
+4. take at most one backprop step per horizon: each horizon's network on its own
+   stored (x, label). The K networks are stepped together (`StackedNetworks`:
+   stacked weights, one numpy call per layer whatever K);
+5. predict for this tick: every horizon's network sees the same features x; the
+   published p_up of a horizon is its network's probability mixed with the base
+   rate (`Horizon.publish`), or the base rate before the features are ready.
 
-The baselines, scored on the same labels: `base_rate` (p_up = (ups + 1) / (labels
-+ 2), the share of up labels so far with a uniform prior), `persistence` (the
-last non-zero move continues) and `reversal` (it reverses).
+The baselines, scored on the same labels per horizon: `base_rate` (p_up = (ups + 1)
+/ (labels + 2), the share of up labels so far with a uniform prior), `persistence`
+(the last non-zero move continues) and `reversal` (it reverses). `ffbpn` is the
+model's *published* p_up, the probability the service stands behind.
 
-Everything is deterministic: a symbol's initial weights depend only on
-(config.seed, symbol) through SHA-256, and `to_bytes` / `from_bytes` carry the
-whole state (network and optimiser, feature window, running statistics, pending
-predictions with their inputs, counters), so a restored learner continues
-bit-identically to one that never stopped.
+Everything is deterministic: a horizon's initial weights depend only on
+(config.seed, symbol, horizon) through SHA-256, and `to_bytes` / `from_bytes` carry
+the whole state (networks and optimiser, feature window, pending predictions with
+their inputs, each horizon's counters and mixture), so a restored learner
+continues bit-identically to one that never stopped.
 """
 
 from __future__ import annotations
@@ -35,12 +41,16 @@ from typing import Any
 
 import numpy as np
 
-from model.errors import FormatError, RefusedUpdate
-from model.features import TickFeatures, n_features
+from model.errors import FormatError
+from model.features import CLIP, TickFeatures, n_features
 from model.network import Network
+from model.stacked import StackedNetworks
 
 MODELS = ("ffbpn", "base_rate", "persistence", "reversal")
 PROB_MODELS = ("ffbpn", "base_rate")
+MAX_HORIZONS = 8  # networks per symbol
+MAX_HORIZON = 1000  # ticks ahead; a symbol's state holds one input per tick of the longest
+X_MAX = CLIP  # every feature lies within ±CLIP (model.features)
 
 
 @dataclass(frozen=True)
@@ -48,7 +58,7 @@ class LearnerConfig:
     """The learning settings; the ONE place their defaults live (worker and backtest)."""
 
     window: int = 16  # non-zero moves the features look back over (TICKPROP_WINDOW)
-    horizon: int = 1  # ticks ahead a prediction is about (TICKPROP_HORIZON)
+    horizons: tuple[int, ...] = (1, 5, 20)  # ticks ahead, one network each (TICKPROP_HORIZONS)
     hidden: tuple[int, ...] = (32,)  # hidden layer sizes (TICKPROP_HIDDEN)
     learning_rate: float = 0.005  # SGD step (TICKPROP_LEARNING_RATE)
     seed: int = 7  # with the symbol, fixes the initial weights (TICKPROP_SEED)
@@ -60,8 +70,7 @@ class LearnerConfig:
     def __post_init__(self) -> None:
         if self.window < 2:
             raise ValueError(f"window must be >= 2, got {self.window}")
-        if self.horizon < 1:
-            raise ValueError(f"horizon must be >= 1, got {self.horizon}")
+        object.__setattr__(self, "horizons", check_horizons(self.horizons))
         if not self.hidden or any(int(n) < 1 for n in self.hidden):
             raise ValueError(f"hidden must be one or more positive sizes, got {self.hidden}")
         if not (math.isfinite(self.dead_band) and 0.0 <= self.dead_band < 1.0):
@@ -69,10 +78,30 @@ class LearnerConfig:
         object.__setattr__(self, "hidden", tuple(int(n) for n in self.hidden))
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready settings (hidden as a list)."""
+        """JSON-ready settings (tuples as lists)."""
         d = asdict(self)
         d["hidden"] = list(self.hidden)
+        d["horizons"] = list(self.horizons)
         return d
+
+
+def check_horizons(horizons: Any) -> tuple[int, ...]:
+    """The horizons as a tuple of ints: 1 to 8 distinct values, each 1 to 1000; else ValueError."""
+    if isinstance(horizons, str):
+        parts = [p.strip() for p in horizons.split(",")]
+        if not all(p.isdigit() for p in parts):
+            raise ValueError(f'expected tick counts like "1,5,20", got {horizons!r}')
+        horizons = [int(p) for p in parts]
+    values = tuple(horizons)
+    if not all(isinstance(h, int) and not isinstance(h, bool) for h in values):
+        raise ValueError(f"horizons must be whole tick counts, got {values!r}")
+    if not 1 <= len(values) <= MAX_HORIZONS:
+        raise ValueError(f"between 1 and {MAX_HORIZONS} horizons, got {len(values)}: {values}")
+    if not all(1 <= h <= MAX_HORIZON for h in values):
+        raise ValueError(f"each horizon must be 1 to {MAX_HORIZON} ticks, got {values}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"horizons must be distinct, got {values}")
+    return values
 
 
 # The per-tick results below are plain slots dataclasses, not frozen ones: a frozen
@@ -81,22 +110,37 @@ class LearnerConfig:
 
 
 @dataclass(slots=True)
-class Prediction:
+class Forecast:
+    """One horizon's published prediction for this tick."""
+
+    horizon: int
     p_up: float
     direction: str  # "up" | "down"
+    model_version: int  # backprop steps of this horizon's network
+
+
+@dataclass(slots=True)
+class Prediction:
+    """This tick's prediction: every horizon in `forecasts`; the rest repeats the first."""
+
+    p_up: float
+    direction: str
     model_version: int
     features_ready: bool
     horizon: int
+    forecasts: tuple[Forecast, ...]
 
 
 @dataclass(slots=True)
 class Score:
     """One resolved, labelled prediction made with ready features: what each model said."""
 
+    horizon: int
     label: int  # 1 = up, 0 = down
-    p_net: float  # ffbpn's p_up; it calls up when p_net >= 0.5
+    p_net: float  # ffbpn's published p_up; it calls up when p_net >= 0.5
     p_base: float  # base_rate's p_up; likewise
     persist: int  # persistence's call, 1 up / 0 down; reversal calls 1 - persist
+    p_raw: float  # the horizon's network alone, before mixing (diagnostics)
 
     @property
     def p_up(self) -> dict[str, float]:
@@ -117,10 +161,10 @@ class Score:
 @dataclass(slots=True)
 class TickResult:
     prediction: Prediction
-    scores: tuple[Score, ...]  # the prediction resolved (and scored) by this tick, if any
-    steps: int  # backprop steps taken on this tick (0 or 1)
+    scores: tuple[Score, ...]  # predictions resolved (and scored) by this tick, any horizons
+    steps: int  # backprop steps taken on this tick (0 to K, at most one per horizon)
     refused: int  # steps refused (non-finite)
-    step_seconds: tuple[float, ...]  # wall time of each forward + backward + update
+    step_seconds: tuple[float, ...]  # wall time of the stacked forward + backward + update
 
 
 def symbol_seed(seed: int, symbol: str) -> int:
@@ -129,10 +173,15 @@ def symbol_seed(seed: int, symbol: str) -> int:
     return int.from_bytes(digest[:8], "little")
 
 
-def build_network(symbol: str, config: LearnerConfig) -> Network:
-    """The symbol's initial network: hidden weights from its seed, output layer zero.
+def horizon_seed(seed: int, symbol: str, horizon: int) -> int:
+    """The seed of one horizon's network: `symbol_seed` of "<symbol>/h<horizon>"."""
+    return symbol_seed(seed, f"{symbol}/h{horizon}")
 
-    A zero output layer starts every symbol at p_up = 0.5 with no random opinion
+
+def build_network(symbol: str, config: LearnerConfig, horizon: int) -> Network:
+    """One horizon's initial network: hidden weights from its seed, output layer zero.
+
+    A zero output layer starts every horizon at p_up = 0.5 with no random opinion
     to unlearn; the hidden units still learn (their gradient flows once the
     output weights move off zero).
     """
@@ -144,7 +193,7 @@ def build_network(symbol: str, config: LearnerConfig) -> Network:
         learning_rate=config.learning_rate,
         momentum=config.momentum,
         l2=config.l2,
-        seed=symbol_seed(config.seed, symbol),
+        seed=horizon_seed(config.seed, symbol, horizon),
     )
     weights = [w.copy() for w in net.weights]
     weights[-1][:] = 0.0
@@ -152,127 +201,282 @@ def build_network(symbol: str, config: LearnerConfig) -> Network:
     return net
 
 
-class OnlineLearner:
-    """One symbol's features, network, pending predictions and baselines."""
+def _log_loss(p_up: float, label: int) -> float:
+    """−ln of the probability given to what happened (clipped at 1e-15: never infinite)."""
+    p = p_up if label else 1.0 - p_up
+    return -math.log(p if p > 1e-15 else 1e-15)
 
-    def __init__(self, symbol: str, config: LearnerConfig) -> None:
-        self.symbol = symbol
-        self.config = config
-        self.network = build_network(symbol, config)
-        self.features = TickFeatures(config.window)
-        h, n_in = config.horizon, self.features.n_features
-        self._x = np.zeros(n_in)  # this tick's input, before it is stored
-        # Pending predictions: a ring of `horizon` slots; the prediction of tick n
-        # sits in slot n % h and resolves at tick n + h, just before slot reuse.
-        # The scalars are lists: each tick reads and writes one element of each.
-        self.pending_x = np.zeros((h, n_in))
-        self.pending_price = [0.0] * h
-        self.pending_p = [0.0] * h  # network's p_up (== base rate when not ready)
-        self.pending_base = [0.0] * h  # base rate's p_up
-        self.pending_sign = [0.0] * h  # sign of the last move: persistence's call
-        self.pending_ready = [False] * h
-        self.ticks = 0  # ticks accepted
-        self.last_ts: int | None = None
+
+class Horizon:
+    """One horizon of a symbol's learner: its pending predictions, labels, base rate, mixture.
+
+    Its network is row `index` of the learner's `StackedNetworks`. The state is
+    counters (ints) and floats; `state()` / `load()` hand them to the learner's
+    format, so a field added here is serialised by adding it to COUNTERS or FLOATS.
+    """
+
+    COUNTERS = ("ups", "downs", "scored")
+    FLOATS = ("loss_net", "loss_base")  # then the three rings of h floats each
+
+    __slots__ = (
+        "h",
+        "index",
+        "pending_p",
+        "pending_net",
+        "pending_base",
+        "base",
+        "w_net",
+        *COUNTERS,
+        *FLOATS,
+    )
+
+    def __init__(self, h: int, index: int) -> None:
+        self.h = h
+        self.index = index
+        # Rings of h slots: the prediction of tick n sits in slot n % h and resolves at
+        # tick n + h, just before the slot is reused. Lists: one element per tick.
+        self.pending_p = [0.0] * h  # published p_up
+        self.pending_net = [0.0] * h  # the network's p_up (== base rate when not ready)
+        self.pending_base = [0.0] * h  # the base rate's p_up
         self.ups = 0  # labels seen (all, ready or not), for the base rate
         self.downs = 0
         self.scored = 0
-        self.refused = 0
-        self._up_lo = 1.0 + config.dead_band
-        self._down_hi = 1.0 - config.dead_band
-
-    # ------------------------------------------------------------- properties
-    @property
-    def model_version(self) -> int:
-        """Backprop steps the network has taken."""
-        return self.network.steps
+        self.loss_net = 0.0  # summed log loss of the network's scored predictions
+        self.loss_base = 0.0  # ... and of the base rate's, on the same labels
+        # Derived from the state above, kept because every tick reads them:
+        self.base = 0.5  # base_rate()
+        self.w_net = 0.5  # the network's weight in the published p_up: mixture_weight()
 
     def base_rate(self) -> float:
         """p_up of the base-rate baseline: (ups + 1) / (labels + 2)."""
         return (self.ups + 1.0) / (self.ups + self.downs + 2.0)
 
+    def mixture_weight(self) -> float:
+        """The network's weight in the published p_up, against the base rate's.
+
+        A Bayesian mixture of the two experts under log loss: each is weighted by
+        exp(−its summed log loss so far), so the mixture's summed log loss is at most
+        the better expert's + ln 2 (docs/horizons.md).
+        """
+        d = self.loss_net - self.loss_base  # > 0: the base rate has done better
+        if d > 0:
+            e = math.exp(-d) if d < 700 else 0.0
+            return e / (1.0 + e)
+        return 1.0 / (1.0 + math.exp(d if d > -700 else -700))
+
+    def publish(self, p_net: float) -> float:
+        """The p_up the service stands behind, from the network's p_up (a ready tick)."""
+        w = self.w_net
+        return w * p_net + (1.0 - w) * self.base
+
+    def count(self, label: int) -> None:
+        """A label resolved (ready or not): it counts toward the base rate."""
+        if label:
+            self.ups += 1
+        else:
+            self.downs += 1
+        self.base = self.base_rate()
+
+    def resolve(self, slot: int, label: int, persist: int) -> Score:
+        """Score the prediction in `slot` (made with ready features) against `label`."""
+        p_net = self.pending_net[slot]
+        p_base = self.pending_base[slot]
+        self.loss_net += _log_loss(p_net, label)
+        self.loss_base += _log_loss(p_base, label)
+        self.scored += 1
+        self.w_net = self.mixture_weight()
+        return Score(self.h, label, self.pending_p[slot], p_base, persist, p_net)
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> tuple[dict[str, int], np.ndarray]:
+        """(counters, floats): FLOATS, then the pending rings p, net, base."""
+        counters = {name: getattr(self, name) for name in self.COUNTERS}
+        head = [float(getattr(self, name)) for name in self.FLOATS]
+        return counters, np.array(head + self.pending_p + self.pending_net + self.pending_base)
+
+    def n_floats(self) -> int:
+        return len(self.FLOATS) + 3 * self.h
+
+    def load(self, counters: dict[str, Any], floats: np.ndarray) -> None:
+        """Restore what `state()` returned; ValueError on anything malformed."""
+        for name in self.COUNTERS:
+            v = counters.get(name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"horizon {self.h}: counter {name!r} must be a count, got {v!r}")
+        if floats.shape != (self.n_floats(),) or not np.isfinite(floats).all():
+            raise ValueError(f"horizon {self.h}: expected {self.n_floats()} finite floats")
+        for name in self.COUNTERS:
+            setattr(self, name, counters[name])
+        values = floats.tolist()
+        n = len(self.FLOATS)
+        for name, v in zip(self.FLOATS, values[:n], strict=True):
+            setattr(self, name, v)
+        h = self.h
+        self.pending_p = values[n : n + h]
+        self.pending_net = values[n + h : n + 2 * h]
+        self.pending_base = values[n + 2 * h :]
+        self.base = self.base_rate()
+        self.w_net = self.mixture_weight()
+
+
+class OnlineLearner:
+    """One symbol's features, its horizons' networks, pending predictions and baselines."""
+
+    def __init__(self, symbol: str, config: LearnerConfig) -> None:
+        self.symbol = symbol
+        self.config = config
+        self.horizons = [Horizon(h, k) for k, h in enumerate(config.horizons)]
+        self.nets = StackedNetworks([build_network(symbol, config, h) for h in config.horizons])
+        self.features = TickFeatures(config.window)
+        k, n_in = len(self.horizons), self.features.n_features
+        # Shared rings over the longest horizon H: what tick n saw sits in slot n % H,
+        # read back by every horizon h <= H at tick n + h (before the slot is reused).
+        self._ring = ring = max(config.horizons)
+        self.pending_x = np.zeros((ring, n_in))  # the features x of each pending tick
+        self.pending_price = [0.0] * ring
+        self.pending_sign = [0.0] * ring  # sign of the last move: persistence's call
+        self.pending_ready = [False] * ring
+        self.ticks = 0  # ticks accepted
+        self.last_ts: int | None = None
+        self.refused = 0
+        self._up_lo = 1.0 + config.dead_band
+        self._down_hi = 1.0 - config.dead_band
+        self._rows = [0] * k  # ring slot of each horizon's stored input, this tick
+        self._targets = np.zeros(k)
+
+    # ------------------------------------------------------------- properties
+    @property
+    def model_version(self) -> int:
+        """Backprop steps of the first horizon's network (the top-level prediction's)."""
+        return self.nets.steps[0]
+
+    def network(self, index: int = 0) -> Network:
+        """A copy of horizon `index`'s network as a stand-alone `Network`."""
+        return self.nets.network(index)
+
+    def base_rate(self, index: int = 0) -> float:
+        """p_up of the base-rate baseline of horizon `index`."""
+        return self.horizons[index].base_rate()
+
     def is_late(self, ts_ms: int) -> bool:
         """True when ts is strictly older than the last accepted tick (equal is fine)."""
         return self.last_ts is not None and ts_ms < self.last_ts
 
+    def forecasts(self) -> list[dict[str, Any]]:
+        """The latest tick's published forecasts, one per horizon, as in the prediction's
+        `forecasts` (before the first tick: each horizon's base rate)."""
+        n, steps = self.ticks - 1, self.nets.steps
+        out = []
+        for hz in self.horizons:
+            p = hz.pending_p[n % hz.h] if n >= 0 else hz.base
+            direction = "up" if p >= 0.5 else "down"
+            version = steps[hz.index]
+            out.append(
+                {"horizon": hz.h, "p_up": p, "direction": direction, "model_version": version}
+            )
+        return out
+
+    def network_bytes(self) -> list[bytes]:
+        """Each horizon's network as `Network.to_bytes()`, in horizon order."""
+        return [self.nets.network(k).to_bytes() for k in range(len(self.horizons))]
+
     def weights_sha256(self) -> str:
-        """sha256 of the network's `to_bytes()`, hex: compares worker and backtest."""
-        return hashlib.sha256(self.network.to_bytes()).hexdigest()
+        """sha256 of every horizon's network bytes, in horizon order, hex (worker vs backtest)."""
+        digest = hashlib.sha256()
+        for blob in self.network_bytes():
+            digest.update(blob)
+        return digest.hexdigest()
 
     # ------------------------------------------------------------------ tick
     def on_tick(self, ts_ms: int, price: float) -> TickResult:
         """Process one valid, not-late tick (the caller checked `is_late`)."""
         self.last_ts = ts_ms
-        self.features.update(price)
-        slot = self.ticks % self.config.horizon
-        resolved = self.ticks >= self.config.horizon
-        self.ticks += 1
-        if resolved:
-            score, seconds, refused = self._resolve(slot, price)
-            if score is not None:
-                return TickResult(
-                    self._predict(slot, price),
-                    (score,),
-                    0 if seconds is None else 1,
-                    refused,
-                    () if seconds is None else (seconds,),
-                )
-        return TickResult(self._predict(slot, price), (), 0, 0, ())
-
-    def _resolve(self, slot: int, price: float) -> tuple[Score | None, float | None, int]:
-        """Score and learn from the prediction in `slot`: (score, step seconds, refused).
-
-        The score is None when the label fell inside the dead band or the features were
-        not ready; the step seconds are None when no step was taken or it was refused.
-        """
-        then = self.pending_price[slot]
-        if price > then * self._up_lo:
-            label = 1
-        elif price < then * self._down_hi:
-            label = 0
-        else:
-            return None, None, 0  # inside the dead band: neither scored nor trained on
-        if label:
-            self.ups += 1
-        else:
-            self.downs += 1
-        if not self.pending_ready[slot]:
-            return None, None, 0
-        score = Score(
-            label,
-            self.pending_p[slot],
-            self.pending_base[slot],
-            1 if self.pending_sign[slot] > 0 else 0,
-        )
-        self.scored += 1
-        start = time.perf_counter()
-        try:
-            self.network.learn_one(self.pending_x[slot], float(label))
-        except RefusedUpdate:
-            self.refused += 1
-            return score, None, 1
-        return score, time.perf_counter() - start, 0
-
-    def _predict(self, slot: int, price: float) -> Prediction:
-        base = self.base_rate()
-        ready = self.features.ready
+        features = self.features
+        features.update(price)
+        n = self.ticks
+        self.ticks = n + 1
+        ring = self._ring
+        scores: list[Score] = []
+        stepping: list[int] = []
+        prices, up_lo, down_hi = self.pending_price, self._up_lo, self._down_hi
+        for hz in self.horizons:
+            h = hz.h
+            if n < h:
+                continue
+            then = (n - h) % ring
+            old = prices[then]
+            if price > old * up_lo:
+                label = 1
+            elif price < old * down_hi:
+                label = 0
+            else:
+                continue  # inside the dead band: neither scored nor trained on
+            hz.count(label)
+            if not self.pending_ready[then]:
+                continue
+            scores.append(hz.resolve(n % h, label, 1 if self.pending_sign[then] > 0 else 0))
+            k = hz.index
+            stepping.append(k)
+            self._rows[k] = then
+            self._targets[k] = label
+        slot = n % ring
+        if stepping:  # the stored inputs leave the ring before this tick's x may overwrite one
+            self.pending_x.take(self._rows, axis=0, out=self.nets.X_body, mode="clip")
+        ready = features.ready
+        x = self.pending_x[slot]
         if ready:
-            x = self.pending_x[slot]
-            self.features.write(x)
-            p = self.network.predict_one(x)
+            features.write(x)
+        if stepping:
+            start = time.perf_counter()
+            refused, p_nets = self.nets.learn(stepping, self._targets, X_MAX, x if ready else None)
+            seconds = time.perf_counter() - start
+            self.refused += len(refused)
+            steps = len(stepping) - len(refused)
+            result = TickResult(
+                self._publish(n, p_nets),
+                tuple(scores),
+                steps,
+                len(refused),
+                (seconds,) if steps else (),
+            )
         else:
-            p = base
+            p_nets = self.nets.predict(x) if ready else None
+            result = TickResult(self._publish(n, p_nets), tuple(scores), 0, 0, ())
         self.pending_price[slot] = price
-        self.pending_p[slot] = p
-        self.pending_base[slot] = base
-        self.pending_sign[slot] = self.features.last_sign
+        self.pending_sign[slot] = features.last_sign
         self.pending_ready[slot] = ready
+        return result
+
+    def _publish(self, n: int, p_nets: list[float] | None) -> Prediction:
+        """Every horizon's published p_up for tick n (the base rate while not ready)."""
+        steps = self.nets.steps
+        forecasts = []
+        for hz in self.horizons:
+            base = hz.base
+            if p_nets is None:
+                p = p_net = base
+            else:
+                p_net = p_nets[hz.index]
+                w = hz.w_net
+                p = w * p_net + (1.0 - w) * base
+            own = n % hz.h
+            hz.pending_p[own] = p
+            hz.pending_net[own] = p_net
+            hz.pending_base[own] = base
+            forecasts.append(Forecast(hz.h, p, "up" if p >= 0.5 else "down", steps[hz.index]))
+        first = forecasts[0]
         return Prediction(
-            p, "up" if p >= 0.5 else "down", self.network.steps, ready, self.config.horizon
+            first.p_up,
+            first.direction,
+            first.model_version,
+            p_nets is not None,
+            first.horizon,
+            tuple(forecasts),
         )
 
     # --------------------------------------------------------- serialisation
     def to_bytes(self) -> bytes:
-        """The whole state, no pickle: see `model.learner` FORMAT notes in `_pack`."""
+        """The whole state, no pickle: see the FORMAT notes above `_pack`."""
         return _pack(self)
 
     @classmethod
@@ -283,24 +487,24 @@ class OnlineLearner:
 
 
 # ---------------------------------------------------------------- format
-# b"TPLS" | u32 LE header length | header (UTF-8 JSON) | float64 LE arrays | network blob
+# b"TPLS" | u32 LE header length | header (UTF-8 JSON) | float64 LE arrays
+#        | each horizon's floats | each horizon's network blob (`Network.to_bytes`)
 #
 # The header holds the format name and version, the symbol, the learning
-# settings, the integer counters, the name and shape of each array in payload
-# order and the network blob's length. Floats live only in the arrays (exact).
+# settings, the integer counters, the name and shape of each shared array in
+# payload order, each horizon's counters and float count, and each network blob's
+# length. Floats live only in the arrays (exact).
 MAGIC = b"TPLS"
-VERSION = 2  # 2: features gained sign, record, level_record (3 more inputs and scalars)
+VERSION = 3  # 3: one network, pending ring, base rate and mixture per horizon
 _LEN = struct.Struct("<I")
 _ARRAYS = ("features", "moves", "pending_x", "pending")  # payload order
 
 
 def _arrays(learner: OnlineLearner) -> dict[str, np.ndarray]:
     scalars, moves = learner.features.state_arrays()
-    pending = np.stack(
+    pending = np.array(
         [
             learner.pending_price,
-            learner.pending_p,
-            learner.pending_base,
             learner.pending_sign,
             [1.0 if ready else 0.0 for ready in learner.pending_ready],
         ]
@@ -310,7 +514,8 @@ def _arrays(learner: OnlineLearner) -> dict[str, np.ndarray]:
 
 def _pack(learner: OnlineLearner) -> bytes:
     arrays = _arrays(learner)
-    net_blob = learner.network.to_bytes()
+    states = [hz.state() for hz in learner.horizons]
+    nets = learner.network_bytes()
     header = {
         "format": "tickprop.learner",
         "version": VERSION,
@@ -319,17 +524,43 @@ def _pack(learner: OnlineLearner) -> bytes:
         "counters": {
             "ticks": learner.ticks,
             "last_ts": learner.last_ts,
-            "ups": learner.ups,
-            "downs": learner.downs,
-            "scored": learner.scored,
             "refused": learner.refused,
         },
         "arrays": {name: list(arrays[name].shape) for name in _ARRAYS},
-        "network_bytes": len(net_blob),
+        "horizons": [
+            {"horizon": hz.h, "counters": counters, "floats": len(floats)}
+            for hz, (counters, floats) in zip(learner.horizons, states, strict=True)
+        ],
+        "network_bytes": [len(blob) for blob in nets],
     }
     head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     body = [np.ascontiguousarray(arrays[n], dtype="<f8").tobytes() for n in _ARRAYS]
-    return b"".join([MAGIC, _LEN.pack(len(head)), head, *body, net_blob])
+    body += [floats.astype("<f8").tobytes() for _, floats in states]
+    return b"".join([MAGIC, _LEN.pack(len(head)), head, *body, *nets])
+
+
+class _Reader:
+    """Reads float64 arrays and byte blobs off a learner state, refusing truncation."""
+
+    def __init__(self, blob: bytes, offset: int) -> None:
+        self.blob, self.offset = blob, offset
+
+    def floats(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        count = int(np.prod(shape))
+        end = self.offset + 8 * count
+        if end > len(self.blob):
+            raise FormatError(f"learner state truncated in {name}")
+        values = np.frombuffer(self.blob, dtype="<f8", count=count, offset=self.offset)
+        self.offset = end
+        return values.reshape(shape).astype(np.float64)
+
+    def raw(self, name: str, size: int) -> bytes:
+        end = self.offset + size
+        if size < 0 or end > len(self.blob):
+            raise FormatError(f"learner state truncated in {name}")
+        out = self.blob[self.offset : end]
+        self.offset = end
+        return out
 
 
 def _unpack(blob: bytes, config: LearnerConfig) -> OnlineLearner:
@@ -348,48 +579,46 @@ def _unpack(blob: bytes, config: LearnerConfig) -> OnlineLearner:
         raise FormatError(f"learner state header: {exc}") from None
     learner = OnlineLearner(header["symbol"], config)
     expected = {n: a.shape for n, a in _arrays(learner).items()}
-    offset = 8 + head_len
+    reader = _Reader(blob, 8 + head_len)
     values: dict[str, np.ndarray] = {}
     for name in _ARRAYS:
         shape = tuple(header["arrays"][name])
         if shape != expected[name]:
             raise FormatError(f"array {name!r}: expected shape {expected[name]}, found {shape}")
-        size = 8 * int(np.prod(shape))
-        if offset + size > len(blob):
-            raise FormatError(f"learner state truncated in array {name!r}")
-        values[name] = np.frombuffer(blob, dtype="<f8", count=size // 8, offset=offset).reshape(
-            shape
-        )
-        offset += size
-    if len(blob) - offset != header["network_bytes"]:
-        raise FormatError(
-            f"network blob is {len(blob) - offset} bytes, header says {header['network_bytes']}"
-        )
-    network = Network.from_bytes(blob[offset:])
-    if network.sizes != learner.network.sizes:
-        raise FormatError(f"network sizes {network.sizes} != {learner.network.sizes} of the config")
+        values[name] = reader.floats(f"array {name!r}", shape)
+    floats = [reader.floats(f"horizon {hz.h}", (hz.n_floats(),)) for hz in learner.horizons]
+    nets = [
+        Network.from_bytes(reader.raw(f"network {hz.h}", size))
+        for hz, size in zip(learner.horizons, header["network_bytes"], strict=True)
+    ]
+    if reader.offset != len(blob):
+        raise FormatError(f"{len(blob) - reader.offset} unexpected bytes after the networks")
     try:
-        learner.features.load_state_arrays(values["features"].copy(), values["moves"].copy())
+        stacked = StackedNetworks(nets)
+        if stacked.sizes != learner.nets.sizes:
+            raise ValueError(f"network sizes {stacked.sizes} != {learner.nets.sizes} of the config")
+        learner.features.load_state_arrays(values["features"], values["moves"])
+        for hz, meta, f in zip(learner.horizons, header["horizons"], floats, strict=True):
+            hz.load(meta["counters"], f)
     except ValueError as exc:
         raise FormatError(str(exc)) from None
     pending = values["pending"]
     if not (np.isfinite(pending).all() and np.isfinite(values["pending_x"]).all()):
         raise FormatError("pending predictions hold non-finite values")
-    learner.network = network
+    learner.nets = stacked
     np.copyto(learner.pending_x, values["pending_x"])
     learner.pending_price = pending[0].tolist()
-    learner.pending_p = pending[1].tolist()
-    learner.pending_base = pending[2].tolist()
-    learner.pending_sign = pending[3].tolist()
-    learner.pending_ready = (pending[4] != 0.0).tolist()
+    learner.pending_sign = pending[1].tolist()
+    learner.pending_ready = (pending[2] != 0.0).tolist()
     counters = header["counters"]
     learner.ticks = counters["ticks"]
     learner.last_ts = counters["last_ts"]
-    learner.ups = counters["ups"]
-    learner.downs = counters["downs"]
-    learner.scored = counters["scored"]
     learner.refused = counters["refused"]
     return learner
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def _check_header(header: Any, config: LearnerConfig) -> dict[str, Any]:
@@ -411,10 +640,9 @@ def _check_header(header: Any, config: LearnerConfig) -> dict[str, Any]:
     counters = header.get("counters")
     if not isinstance(counters, dict):
         raise ValueError("counters missing")
-    for name in ("ticks", "ups", "downs", "scored", "refused"):
-        v = counters.get(name)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            raise ValueError(f"counter {name!r} must be a count, got {v!r}")
+    for name in ("ticks", "refused"):
+        if not _is_count(counters.get(name)):
+            raise ValueError(f"counter {name!r} must be a count, got {counters.get(name)!r}")
     last_ts = counters.get("last_ts")
     if last_ts is not None and (not isinstance(last_ts, int) or isinstance(last_ts, bool)):
         raise ValueError(f"last_ts must be an integer or null, got {last_ts!r}")
@@ -427,6 +655,18 @@ def _check_header(header: Any, config: LearnerConfig) -> dict[str, Any]:
             isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 2**31 for n in shape
         ):
             raise ValueError(f"array {name!r} has a bad shape {shape!r}")
-    if not isinstance(header.get("network_bytes"), int):
-        raise ValueError("network_bytes must be an integer")
+    horizons = header.get("horizons")
+    if not isinstance(horizons, list) or [
+        h.get("horizon") if isinstance(h, dict) else None for h in horizons
+    ] != list(config.horizons):
+        raise ValueError(f"horizons must describe {list(config.horizons)} in order")
+    if not all(isinstance(h.get("counters"), dict) for h in horizons):
+        raise ValueError("each horizon needs its counters")
+    sizes = header.get("network_bytes")
+    if (
+        not isinstance(sizes, list)
+        or len(sizes) != len(config.horizons)
+        or not all(_is_count(n) for n in sizes)
+    ):
+        raise ValueError(f"network_bytes must list {len(config.horizons)} lengths")
     return header

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -49,15 +50,31 @@ def scrape(url: str) -> dict[str, float]:
     return samples
 
 
+def accuracies(samples: dict[str, float]) -> dict[tuple[str, str], float]:
+    """{(model, horizon): rolling accuracy} from the tickprop_prequential_accuracy samples."""
+    out = {}
+    for key, value in samples.items():
+        if key.startswith("tickprop_prequential_accuracy{"):
+            labels = dict(
+                part.split("=", 1) for part in key[key.index("{") + 1 : -1].split(",") if part
+            )
+            out[labels["model"].strip('"'), labels["horizon"].strip('"')] = value
+    return out
+
+
 def live_line(samples: dict[str, float]) -> str:
+    """Processed, lag, and per horizon the network's rolling accuracy beside the best
+    baseline's (named in brackets)."""
     processed = samples.get('tickprop_ticks_total{outcome="processed"}', 0)
     lag = sum(v for k, v in samples.items() if k.startswith("tickprop_consumer_lag{"))
+    acc = accuracies(samples)
     parts = []
-    for m in MODELS:
-        value = samples.get(f'tickprop_prequential_accuracy{{model="{m}"}}', float("nan"))
-        parts.append(f"{m}={value:.3f}")
-    accuracy = "  ".join(parts)
-    return f"processed {processed:>9,.0f}  lag {lag:>8,.0f}  rolling accuracy: {accuracy}"
+    for h in sorted({h for _, h in acc}, key=int):
+        known = {m: acc.get((m, h), math.nan) for m in MODELS}
+        best = max(MODELS[1:], key=lambda m: -1.0 if math.isnan(known[m]) else known[m])
+        model, baseline = known["ffbpn"], known[best]
+        parts.append(f"h={h}: {model:.3f} vs {baseline:.3f} ({best})")
+    return f"processed {processed:>9,.0f}  lag {lag:>8,.0f}  rolling accuracy " + "   ".join(parts)
 
 
 def main() -> int:
@@ -142,10 +159,12 @@ def compare(args: argparse.Namespace, env: dict[str, str], workdir: Path) -> int
         symbols.update(report["per_symbol"])
     print("\nbacktest over the same files (whole run, all scored predictions):")
     for f, report in zip(DATA, reports, strict=True):
-        accuracy = {"ffbpn": report["model"]["accuracy"]}
-        accuracy.update({m: v["accuracy"] for m, v in report["baselines"].items()})
-        line = "  ".join(f"{m} {accuracy[m]:.3f}" for m in MODELS if m in accuracy)
-        print(f"  {f.name}: scored {report['scored']:,}  accuracy {line}")
+        print(f"  {f.name}:")
+        for h, section in report["horizons"].items():
+            accuracy = {"ffbpn": section["model"]["accuracy"]}
+            accuracy.update({m: v["accuracy"] for m, v in section["baselines"].items()})
+            line = "  ".join(f"{m} {accuracy[m]:.3f}" for m in MODELS if m in accuracy)
+            print(f"    horizon {h:>3}: scored {section['scored']:>8,}  accuracy {line}")
     print("\nstate in Redis (tickprop inspect) vs tickprop backtest:")
     print(f"  {'symbol':8} {'model_version':>13}  {'inspect sha256':16}  {'backtest sha256':16}")
     ok = set(inspected["symbols"]) == set(symbols)

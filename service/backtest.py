@@ -2,8 +2,9 @@
 
 Each symbol's ticks go, in file order, through exactly the `OnlineLearner` code
 path the worker uses, with the same defaults (LearnerConfig, overridden by the
-TICKPROP_WINDOW/HORIZON/HIDDEN/LEARNING_RATE/SEED environment variables, then by
-the flags). Rows the worker would dead-letter are skipped and counted here:
+TICKPROP_WINDOW/HORIZONS/HIDDEN/LEARNING_RATE/SEED environment variables, then by
+the flags). Every horizon is scored on its own labels and reported on its own.
+Rows the worker would dead-letter are skipped and counted here:
 invalid rows (by the same validation rules as Kafka records) and late ticks
 (older than the symbol's last one). Hence the report's `weights_sha256` of each
 symbol equals what `tickprop inspect` shows after the worker consumed the same
@@ -22,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from model.learner import LearnerConfig, OnlineLearner
+from model.learner import LearnerConfig, OnlineLearner, Score, check_horizons
 from service.ticks_csv import BadRows, CsvFormatError, CsvRow, read_ticks
 
 MODELS = ("ffbpn", "base_rate", "persistence", "reversal")
@@ -33,7 +34,7 @@ P_CLIP = 1e-15  # log loss of a probability p uses max(p, 1e-15): no infinite lo
 # flag -> (LearnerConfig field, TICKPROP_ variable, parser)
 LEARNING_FLAGS: dict[str, tuple[str, str, Any]] = {
     "--window": ("window", "TICKPROP_WINDOW", int),
-    "--horizon": ("horizon", "TICKPROP_HORIZON", int),
+    "--horizons": ("horizons", "TICKPROP_HORIZONS", check_horizons),
     "--hidden": ("hidden", "TICKPROP_HIDDEN", None),
     "--learning-rate": ("learning_rate", "TICKPROP_LEARNING_RATE", float),
     "--seed": ("seed", "TICKPROP_SEED", int),
@@ -71,6 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             default=None,
             help=f"default ${env}, else {shown} (as the worker)",
         )
+    parser.add_argument("--horizon", dest="old_horizon", default=None, help=argparse.SUPPRESS)
     parser.add_argument(
         "--dead-band",
         type=float,
@@ -84,6 +86,17 @@ def learner_config(
 ) -> LearnerConfig:
     """LearnerConfig defaults < TICKPROP_* variables < flags; ValueError names the bad one."""
     environ = dict(os.environ) if environ is None else environ
+    old = getattr(args, "old_horizon", None)
+    if old is not None:
+        raise ValueError(
+            f"--horizon {old} is no longer read: use --horizons, a comma list of tick counts "
+            f'(e.g. --horizons {old} for that one horizon, or "1,5,20", the default)'
+        )
+    if environ.get("TICKPROP_HORIZON", "").strip():
+        raise ValueError(
+            f"TICKPROP_HORIZON={environ['TICKPROP_HORIZON']} is no longer read: set "
+            "TICKPROP_HORIZONS, a comma list of tick counts (e.g. 1,5,20, the default), instead"
+        )
     values: dict[str, Any] = {}
     for flag, (name, env, parse) in LEARNING_FLAGS.items():
         raw, source = getattr(args, name, None), flag
@@ -118,14 +131,29 @@ class Tally:
 
 @dataclass
 class Trace:
-    """What the plot draws for one symbol: prices, and every scored prediction."""
+    """What the plot draws for one symbol: prices, and every scored prediction per horizon."""
 
     prices: list[float] = field(default_factory=list)
-    tick: list[int] = field(default_factory=list)  # index into prices of the predicted tick
-    label: list[int] = field(default_factory=list)
-    p_up: list[float] = field(default_factory=list)
-    p_base: list[float] = field(default_factory=list)
-    persist: list[int] = field(default_factory=list)
+    tick: dict[int, list[int]] = field(default_factory=dict)  # index into prices of the tick
+    label: dict[int, list[int]] = field(default_factory=dict)
+    p_up: dict[int, list[float]] = field(default_factory=dict)
+    p_base: dict[int, list[float]] = field(default_factory=dict)
+    persist: dict[int, list[int]] = field(default_factory=dict)
+
+    def add(self, score: Score) -> None:
+        h = score.horizon
+        if h not in self.tick:
+            for series in (self.tick, self.label, self.p_up, self.p_base, self.persist):
+                series[h] = []
+        self.tick[h].append(len(self.prices) - 1 - h)  # the prediction answered h ticks ago
+        self.label[h].append(score.label)
+        self.p_up[h].append(score.p_net)
+        self.p_base[h].append(score.p_base)
+        self.persist[h].append(score.persist)
+
+
+def _tallies(horizons: tuple[int, ...]) -> dict[int, Tally]:
+    return {h: Tally() for h in horizons}
 
 
 @dataclass
@@ -135,8 +163,8 @@ class Backtest:
     config: LearnerConfig
     keep_traces: bool = False
     learners: dict[str, OnlineLearner] = field(default_factory=dict)
-    total: Tally = field(default_factory=Tally)
-    per_symbol: dict[str, Tally] = field(default_factory=dict)
+    total: dict[int, Tally] = field(default_factory=dict)  # per horizon
+    per_symbol: dict[str, dict[int, Tally]] = field(default_factory=dict)  # per symbol, horizon
     ticks_per_symbol: dict[str, int] = field(default_factory=dict)
     traces: dict[str, Trace] = field(default_factory=dict)
     rows: int = 0
@@ -145,13 +173,16 @@ class Backtest:
     late: int = 0
     seconds: float = 0.0
 
+    def __post_init__(self) -> None:
+        self.total = self.total or _tallies(self.config.horizons)
+
     def add(self, symbol: str, ts_ms: int, price: float) -> None:
         """One valid tick: skipped if late, else through the symbol's learner and scored."""
         self.rows += 1
         learner = self.learners.get(symbol)
         if learner is None:
             learner = self.learners[symbol] = OnlineLearner(symbol, self.config)
-            self.per_symbol[symbol] = Tally()
+            self.per_symbol[symbol] = _tallies(self.config.horizons)
             self.ticks_per_symbol[symbol] = 0
             if self.keep_traces:
                 self.traces[symbol] = Trace()
@@ -166,10 +197,10 @@ class Backtest:
             trace.prices.append(price)
         if not result.scores:
             return
-        tallies = (self.total, self.per_symbol[symbol])
+        total, mine = self.total, self.per_symbol[symbol]
         for score in result.scores:
             label = score.label
-            for tally in tallies:
+            for tally in (total[score.horizon], mine[score.horizon]):
                 tally.scored += 1
                 hits = tally.hits
                 for model, direction in score.direction.items():
@@ -177,19 +208,21 @@ class Backtest:
                         hits[model] += 1
                 for model, p in score.p_up.items():
                     tally.loss[model] -= math.log(max(p if label else 1.0 - p, P_CLIP))
-            if trace is not None:  # the prediction answered ticks `horizon` ago
-                trace.tick.append(len(trace.prices) - 1 - self.config.horizon)
-                trace.label.append(label)
-                trace.p_up.append(score.p_up["ffbpn"])
-                trace.p_base.append(score.p_up["base_rate"])
-                trace.persist.append(score.direction["persistence"])
+            if trace is not None:
+                trace.add(score)
 
     def report(self) -> dict[str, Any]:
-        """The DESIGN.md report (plus `rows`, `skipped` and per-symbol extras)."""
-        t = self.total
+        """The DESIGN.md report (plus `rows`, `skipped` and per-symbol extras).
+
+        The top-level `scored`, `model` and `baselines` are the first horizon's;
+        `horizons` holds every horizon's, keyed by the horizon as a string.
+        """
+        horizons = self.config.horizons
+        first = horizons[0]
         per_symbol = {}
         for symbol, learner in self.learners.items():
-            s = self.per_symbol[symbol]
+            tallies = self.per_symbol[symbol]
+            s = tallies[first]
             per_symbol[symbol] = {
                 "ticks": self.ticks_per_symbol[symbol],
                 "scored": s.scored,
@@ -198,22 +231,22 @@ class Backtest:
                 "model_version": learner.model_version,
                 "refused_updates": learner.refused,
                 "weights_sha256": learner.weights_sha256(),
+                "horizons": {
+                    str(h): {
+                        "scored": tallies[h].scored,
+                        "accuracy": _round(tallies[h].accuracy("ffbpn")),
+                        "log_loss": _round(tallies[h].log_loss("ffbpn")),
+                        "model_version": learner.nets.steps[k],
+                    }
+                    for k, h in enumerate(horizons)
+                },
             }
+        by_horizon = {str(h): _section(self.total[h]) for h in horizons}
         return {
             "ticks": self.ticks,
             "symbols": len(self.learners),
-            "scored": t.scored,
-            "model": {
-                "accuracy": _round(t.accuracy("ffbpn")),
-                "log_loss": _round(t.log_loss("ffbpn")),
-            },
-            "baselines": {
-                m: {
-                    "accuracy": _round(t.accuracy(m)),
-                    "log_loss": _round(t.log_loss(m)) if m in PROBABILISTIC else None,
-                }
-                for m in BASELINES
-            },
+            **by_horizon[str(first)],
+            "horizons": by_horizon,
             "per_symbol": per_symbol,
             "rows": self.rows,
             "skipped": {
@@ -229,6 +262,24 @@ class Backtest:
             "seconds": round(self.seconds, 3),
             "settings": self.config.as_dict(),
         }
+
+
+def _section(t: Tally) -> dict[str, Any]:
+    """One horizon's `scored`, `model` and `baselines`."""
+    return {
+        "scored": t.scored,
+        "model": {
+            "accuracy": _round(t.accuracy("ffbpn")),
+            "log_loss": _round(t.log_loss("ffbpn")),
+        },
+        "baselines": {
+            m: {
+                "accuracy": _round(t.accuracy(m)),
+                "log_loss": _round(t.log_loss(m)) if m in PROBABILISTIC else None,
+            }
+            for m in BASELINES
+        },
+    }
 
 
 def _round(v: float | None, digits: int = 6) -> float | None:
@@ -270,11 +321,14 @@ class Progress:
             return
         self.last = now
         rate = bt.ticks / max(now - self.start, 1e-9)
-        acc = bt.total.accuracy("ffbpn")
-        acc_text = f"accuracy {acc:.3f}" if acc is not None else "accuracy -"
+        accs = []
+        for h, tally in bt.total.items():
+            acc = tally.accuracy("ffbpn")
+            accs.append(f"{h}: {acc:.3f}" if acc is not None else f"{h}: -")
+        first = next(iter(bt.total.values()))
         self.stream.write(
             f"\r{bt.rows:>12,} rows  {bt.ticks:>12,} ticks  {rate:>9,.0f} ticks/s  "
-            f"{bt.total.scored:>10,} scored  {acc_text}"
+            f"{first.scored:>10,} scored  accuracy by horizon {'  '.join(accs)}"
         )
         self.stream.flush()
 
@@ -286,27 +340,34 @@ class Progress:
 
 # -------------------------------------------------------------- summary
 def summary(report: dict[str, Any], source: str) -> str:
-    """A few human lines: counts, then each model's accuracy and log loss side by side."""
+    """A few human lines: counts, then per horizon each model's accuracy and log loss."""
     skipped = report["skipped"]
     lines = [
         f"tickprop backtest over {source}",
-        f"  {report['ticks']:,} ticks, {report['symbols']} symbol(s), {report['scored']:,} scored "
-        f"predictions; skipped {skipped['invalid']:,} invalid and {skipped['late']:,} late rows",
+        f"  {report['ticks']:,} ticks, {report['symbols']} symbol(s); skipped "
+        f"{skipped['invalid']:,} invalid and {skipped['late']:,} late rows",
         f"  {report['ticks_per_second'] or 0:,.0f} ticks/s; settings "
         + ", ".join(f"{k}={v}" for k, v in report["settings"].items()),
-        "",
-        f"  {'model':<12} {'accuracy':>9} {'log loss':>9}",
     ]
-    rows = [("ffbpn", report["model"])] + list(report["baselines"].items())
-    for name, m in rows:
-        acc = "-" if m["accuracy"] is None else f"{m['accuracy']:.4f}"
-        ll = "-" if m["log_loss"] is None else f"{m['log_loss']:.4f}"
-        lines.append(f"  {name:<12} {acc:>9} {ll:>9}")
+    for h, section in report["horizons"].items():
+        lines += [
+            "",
+            f"  horizon {h} tick(s): {section['scored']:,} scored predictions",
+            f"  {'model':<12} {'accuracy':>9} {'log loss':>9}",
+        ]
+        for name, m in [("ffbpn", section["model"]), *section["baselines"].items()]:
+            acc = "-" if m["accuracy"] is None else f"{m['accuracy']:.4f}"
+            ll = "-" if m["log_loss"] is None else f"{m['log_loss']:.4f}"
+            lines.append(f"  {name:<12} {acc:>9} {ll:>9}")
     if report["symbols"] > 1:
-        lines += ["", f"  {'symbol':<12} {'scored':>8} {'accuracy':>9} {'steps':>8}"]
+        heads = "".join(f" {'acc h=' + h:>9}" for h in report["horizons"])
+        lines += ["", f"  {'symbol':<12} {'ticks':>9}{heads}"]
         for sym, s in report["per_symbol"].items():
-            acc = "-" if s["accuracy"] is None else f"{s['accuracy']:.4f}"
-            lines.append(f"  {sym:<12} {s['scored']:>8,} {acc:>9} {s['model_version']:>8,}")
+            accs = "".join(
+                f" {'-' if v['accuracy'] is None else format(v['accuracy'], '.4f'):>9}"
+                for v in s["horizons"].values()
+            )
+            lines.append(f"  {sym:<12} {s['ticks']:>9,}{accs}")
     return "\n".join(lines)
 
 
@@ -346,18 +407,13 @@ def run(args: argparse.Namespace) -> int:
 def _busiest(bt: Backtest) -> str | None:
     if not bt.per_symbol:
         return None
-    return max(bt.per_symbol, key=lambda s: (bt.per_symbol[s].scored, bt.ticks_per_symbol[s]))
+    first = bt.config.horizons[0]
+    return max(
+        bt.per_symbol, key=lambda s: (bt.per_symbol[s][first].scored, bt.ticks_per_symbol[s])
+    )
 
 
 # ------------------------------------------------------------------ plot
-PLOT_COLORS = {
-    "ffbpn": "#1f5fbf",
-    "base_rate": "#8c8c8c",
-    "persistence": "#d98c1f",
-    "reversal": "#2a9d5c",
-}
-
-
 def _rolling_mean(values: Any, size: int) -> Any:
     """Mean over the last `size` values at each point (fewer at the start)."""
     import numpy as np
@@ -369,145 +425,175 @@ def _rolling_mean(values: Any, size: int) -> Any:
     return (c[n] - c[lo]) / (n - lo)
 
 
+HORIZON_COLORS = (
+    "#1f5fbf",
+    "#d98c1f",
+    "#2a9d5c",
+    "#c0392b",
+    "#7d3c98",
+    "#17a2b8",
+    "#8c564b",
+    "#555555",
+)
+
+
+def _horizon_series(trace: Trace, h: int) -> dict[str, Any]:
+    """Per scored prediction of horizon h: hits of every model and log loss of the two
+    probabilistic ones (numpy arrays)."""
+    import numpy as np
+
+    label = np.asarray(trace.label[h])
+    p_up, p_base = np.asarray(trace.p_up[h]), np.asarray(trace.p_base[h])
+    persist = np.asarray(trace.persist[h])
+    hits = {
+        "ffbpn": (p_up >= 0.5).astype(int) == label,
+        "base_rate": (p_base >= 0.5).astype(int) == label,
+        "persistence": persist == label,
+        "reversal": (1 - persist) == label,
+    }
+    loss = {
+        name: -np.log(np.maximum(np.where(label == 1, p, 1 - p), P_CLIP))
+        for name, p in (("ffbpn", p_up), ("base_rate", p_base))
+    }
+    best = max(BASELINES, key=lambda m: float(hits[m].mean()) if len(label) else 0.0)
+    return {"label": label, "hits": hits, "loss": loss, "best": best, "pred": p_up >= 0.5}
+
+
 def plot(trace: Trace, symbol: str, report: dict[str, Any], path: str, zoom: int = 400) -> None:
-    """A PNG: price with predicted directions (whole run + the last `zoom` scored
-    predictions), rolling accuracy of the model and each baseline, rolling log loss."""
+    """A PNG: price with the first horizon's predicted directions (whole run + its last
+    `zoom` scored predictions), then for every horizon the rolling accuracy of the model
+    against its best baseline, and the rolling log loss of the model minus the base rate's."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
+    horizons = [h for h in (int(k) for k in report["horizons"]) if trace.label.get(h)]
+    series = {h: _horizon_series(trace, h) for h in horizons}
     prices = np.asarray(trace.prices)
-    tick = np.asarray(trace.tick, dtype=np.int64)
-    label = np.asarray(trace.label)
-    p_up = np.asarray(trace.p_up)
-    persist = np.asarray(trace.persist)
-    pred = (p_up >= 0.5).astype(int)
-    hits = {
-        "ffbpn": pred == label,
-        "base_rate": (np.asarray(trace.p_base) >= 0.5).astype(int) == label,
-        "persistence": persist == label,
-        "reversal": (1 - persist) == label,
-    }
-    clip = P_CLIP
-    loss = {
-        "ffbpn": -np.log(np.maximum(np.where(label == 1, p_up, 1 - p_up), clip)),
-        "base_rate": -np.log(
-            np.maximum(np.where(label == 1, trace.p_base, 1 - np.asarray(trace.p_base)), clip)
-        ),
-    }
-    size = max(20, min(500, len(label) // 20 or 20))
-
-    best = max(BASELINES, key=lambda m: float(hits[m].mean()) if len(label) else 0.0)
     plt.rcParams.update({"font.size": 9, "axes.spines.top": False, "axes.spines.right": False})
     fig = plt.figure(figsize=(12, 11), dpi=110, constrained_layout=True)
-    grid = fig.add_gridspec(5, 1, height_ratios=[1.0, 1.3, 1.0, 0.55, 0.8])
-    ax_all, ax_zoom, ax_acc, ax_lead, ax_ll = (fig.add_subplot(grid[i]) for i in range(5))
-    acc = report["per_symbol"][symbol]["accuracy"]
+    grid = fig.add_gridspec(4, 1, height_ratios=[1.0, 1.3, 1.1, 1.0])
+    ax_all, ax_zoom, ax_acc, ax_ll = (fig.add_subplot(grid[i]) for i in range(4))
     s = report["settings"]
-    fig.suptitle(
-        f"tickprop backtest — {symbol}: {len(prices):,} ticks, {len(label):,} scored, "
-        f"model accuracy {'-' if acc is None else f'{acc:.3f}'}"
-        f" (best baseline: {best} {float(hits[best].mean()) if len(label) else 0:.3f})\n"
-        f"window {s['window']}, horizon {s['horizon']}, hidden {s['hidden']}, "
-        f"learning rate {s['learning_rate']}, seed {s['seed']}",
-        fontsize=11,
+    scores = ", ".join(
+        f"h={h}: {float(series[h]['hits']['ffbpn'].mean()):.3f} (best baseline "
+        f"{series[h]['best']} {float(series[h]['hits'][series[h]['best']].mean()):.3f})"
+        for h in horizons
     )
-
+    fig.suptitle(
+        f"tickprop backtest — {symbol}: {len(prices):,} ticks; model accuracy by horizon {scores}\n"
+        f"window {s['window']}, horizons {s['horizons']}, hidden {s['hidden']}, "
+        f"learning rate {s['learning_rate']}, seed {s['seed']}",
+        fontsize=10,
+    )
     ax_all.plot(np.arange(len(prices)), prices, color="#333333", lw=0.6)
     ax_all.set_ylabel("price")
     ax_all.set_title("whole run (shaded: zoomed below)", loc="left", fontsize=9, color="#555555")
-    if len(tick):
-        start = max(0, len(tick) - zoom)
-        lo, hi = int(tick[start]), len(prices)
-        ax_all.axvspan(lo, hi - 1, color=PLOT_COLORS["ffbpn"], alpha=0.12, lw=0)
-        ax_zoom.step(np.arange(lo, hi), prices[lo:hi], where="post", color="#777777", lw=0.8)
-        sel = slice(start, len(tick))
-        t, pr, ok, up = tick[sel], prices[tick[sel]], hits["ffbpn"][sel], pred[sel] == 1
-        for mask, marker, face, name in (
-            (up & ok, "^", "#2a9d5c", "up, right"),
-            (~up & ok, "v", "#c0392b", "down, right"),
-            (up & ~ok, "^", "none", "up, wrong"),
-            (~up & ~ok, "v", "none", "down, wrong"),
-        ):
-            edge = "#2a9d5c" if marker == "^" else "#c0392b"
-            ax_zoom.scatter(
-                t[mask],
-                pr[mask],
-                marker=marker,
-                s=24,
-                facecolors=face,
-                edgecolors=edge,
-                linewidths=0.9,
-                label=f"{name} ({int(mask.sum())})",
-                zorder=3,
-            )
-        ax_zoom.legend(
-            loc="lower left",
-            bbox_to_anchor=(0.0, 1.0),
-            ncol=4,
-            fontsize=8,
-            frameon=False,
-            title="predicted direction of the next move:",
-            title_fontsize=8,
-            alignment="left",
-        )
-        ax_zoom.set_title(
-            f"the last {len(t)} scored predictions", loc="right", fontsize=9, color="#555555"
-        )
+    if horizons:
+        _plot_zoom(ax_all, ax_zoom, prices, trace, horizons[0], series[horizons[0]], zoom)
     ax_zoom.set_ylabel("price")
     ax_zoom.set_xlabel("tick")
-
-    x = np.arange(1, len(label) + 1)
-    skip = min(size, 50)  # a rolling mean over a handful of points is noise
-    for name in MODELS:
-        if len(label) > skip:
-            ax_acc.plot(
-                x[skip:],
-                _rolling_mean(hits[name], size)[skip:],
-                color=PLOT_COLORS[name],
-                lw=1.8 if name == "ffbpn" else 1.0,
-                label=name,
-                zorder=3 if name == "ffbpn" else 2,
-            )
-    ax_acc.set_ylabel(f"accuracy (last {size})")
+    for i, h in enumerate(horizons):
+        color = HORIZON_COLORS[i % len(HORIZON_COLORS)]
+        data = series[h]
+        n = len(data["label"])
+        size = max(20, min(500, n // 20 or 20))
+        skip = min(size, 50)  # a rolling mean over a handful of points is noise
+        if n <= skip:
+            continue
+        x = np.arange(1, n + 1)[skip:]
+        best = data["best"]
+        ax_acc.plot(
+            x,
+            _rolling_mean(data["hits"]["ffbpn"], size)[skip:],
+            color=color,
+            lw=1.6,
+            label=f"h={h} model",
+        )
+        ax_acc.plot(
+            x,
+            _rolling_mean(data["hits"][best], size)[skip:],
+            color=color,
+            lw=0.9,
+            ls="--",
+            label=f"h={h} {best}",
+        )
+        excess = data["loss"]["ffbpn"] - data["loss"]["base_rate"]
+        ax_ll.plot(x, _rolling_mean(excess, size)[skip:], color=color, lw=1.2, label=f"h={h}")
+    ax_acc.set_ylabel("accuracy (rolling)")
     ax_acc.set_ylim(-0.02, 1.02)
     ax_acc.axhline(0.5, color="#bbbbbb", lw=0.6, ls=":")
-    if ax_acc.lines[1:]:
-        ax_acc.legend(
-            loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=4, fontsize=8, frameon=False
-        )
-    ax_acc.set_title("rolling prequential accuracy", loc="right", fontsize=9, color="#555555")
-
-    if len(label) > skip:
-        lead = (_rolling_mean(hits["ffbpn"], size) - _rolling_mean(hits[best], size))[skip:]
-        xs = x[skip:]
-        ax_lead.fill_between(xs, lead, 0, where=lead >= 0, color="#2a9d5c", alpha=0.5, lw=0)
-        ax_lead.fill_between(xs, lead, 0, where=lead < 0, color="#c0392b", alpha=0.5, lw=0)
-    ax_lead.axhline(0, color="#777777", lw=0.6)
-    ax_lead.set_ylabel("accuracy lead")
-    ax_lead.set_title(
-        f"model minus best baseline ({best}), rolling", loc="right", fontsize=9, color="#555555"
+    ax_acc.set_title(
+        "rolling prequential accuracy: model (solid) and its best baseline (dashed), per horizon",
+        loc="right",
+        fontsize=9,
+        color="#555555",
     )
-
-    for name in PROBABILISTIC:
-        if len(label) > skip:
-            ax_ll.plot(
-                x[skip:],
-                _rolling_mean(loss[name], size)[skip:],
-                color=PLOT_COLORS[name],
-                lw=1.8 if name == "ffbpn" else 1.0,
-                label=name,
-            )
-    ax_ll.axhline(math.log(2), color="#bbbbbb", lw=0.6, ls=":")
-    ax_ll.set_ylabel(f"log loss (last {size})")
-    ax_ll.set_xlabel("scored prediction")
-    if ax_ll.lines[1:]:
-        ax_ll.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2, fontsize=8, frameon=False)
+    ax_ll.axhline(0, color="#777777", lw=0.6)
+    ax_ll.set_ylabel("log loss − base rate's")
+    ax_ll.set_xlabel("scored prediction (of that horizon)")
     ax_ll.set_title(
-        "rolling log loss (dotted: ln 2, a coin flip)", loc="right", fontsize=9, color="#555555"
+        "rolling log loss of the model minus the base rate's (below 0: better), per horizon",
+        loc="right",
+        fontsize=9,
+        color="#555555",
     )
-
+    for ax in (ax_acc, ax_ll):
+        if ax.lines[1:]:
+            ax.legend(
+                loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=6, fontsize=8, frameon=False
+            )
     fig.savefig(path)
     plt.close(fig)
+
+
+def _plot_zoom(
+    ax_all: Any, ax_zoom: Any, prices: Any, trace: Trace, h: int, data: dict[str, Any], zoom: int
+) -> None:
+    """The last `zoom` scored predictions of horizon h as up/down markers, right or wrong."""
+    import numpy as np
+
+    tick = np.asarray(trace.tick[h], dtype=np.int64)
+    start = max(0, len(tick) - zoom)
+    lo, hi = int(tick[start]), len(prices)
+    ax_all.axvspan(lo, hi - 1, color=HORIZON_COLORS[0], alpha=0.12, lw=0)
+    ax_zoom.step(np.arange(lo, hi), prices[lo:hi], where="post", color="#777777", lw=0.8)
+    sel = slice(start, len(tick))
+    t, pr = tick[sel], prices[tick[sel]]
+    ok, up = data["hits"]["ffbpn"][sel], data["pred"][sel]
+    for mask, marker, face, name in (
+        (up & ok, "^", "#2a9d5c", "up, right"),
+        (~up & ok, "v", "#c0392b", "down, right"),
+        (up & ~ok, "^", "none", "up, wrong"),
+        (~up & ~ok, "v", "none", "down, wrong"),
+    ):
+        edge = "#2a9d5c" if marker == "^" else "#c0392b"
+        ax_zoom.scatter(
+            t[mask],
+            pr[mask],
+            marker=marker,
+            s=24,
+            facecolors=face,
+            edgecolors=edge,
+            linewidths=0.9,
+            label=f"{name} ({int(mask.sum())})",
+            zorder=3,
+        )
+    ax_zoom.legend(
+        loc="lower left",
+        bbox_to_anchor=(0.0, 1.0),
+        ncol=4,
+        fontsize=8,
+        frameon=False,
+        alignment="left",
+        title_fontsize=8,
+        title=f"predicted direction {h} tick(s) ahead:",
+    )
+    ax_zoom.set_title(
+        f"the last {len(t)} scored predictions of horizon {h}",
+        loc="right",
+        fontsize=9,
+        color="#555555",
+    )

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from json.encoder import encode_basestring
-from typing import Any
+from typing import Any, Protocol
 
 # Reason codes: bounded, so they can label metrics. "late" (OnlineLearner.is_late)
 # and "too_many_symbols" are decided by the worker, not here, but belong to the set.
@@ -239,34 +240,53 @@ def encode_tick(tick: Tick) -> bytes:
     return _dumps(body)
 
 
+class ForecastLike(Protocol):
+    """One horizon's forecast (`model.learner.Forecast` is one)."""
+
+    horizon: int
+    p_up: float
+    direction: str
+    model_version: int
+
+
 def encode_prediction(
     id: str,
     symbol: str,
     ts: int,
-    horizon: int,
-    p_up: float,
-    direction: str,
-    model_version: int,
+    forecasts: Sequence[ForecastLike],
     features_ready: bool,
 ) -> bytes:
     """The DESIGN.md prediction JSON; the same arguments always give the same bytes.
 
-    Byte for byte what `_dumps` makes of the same dict (fixed key order, no spaces,
-    strings escaped by the json module's own C escaper, floats as `repr`, NaN refused),
-    formatted directly: the worker calls this once per tick, and the generic encoder
-    cost ~4x more (tests/unit/test_codec_speed.py checks the two agree).
+    `forecasts` holds every horizon in order; the top-level horizon, p_up, direction
+    and model_version repeat the first. Byte for byte what `_dumps` makes of the same
+    dict (fixed key order, no spaces, strings escaped by the json module's own C
+    escaper, floats as `repr`, NaN refused), formatted directly: the worker calls this
+    once per tick, and the generic encoder cost ~4x more (tests/unit/test_codec_speed.py
+    checks the two agree).
     """
+    if not forecasts:
+        raise ValueError("a prediction needs at least one forecast")
+    parts = [_forecast_json(f) for f in forecasts]
+    return (
+        f'{{"id":{_escape(id)},"symbol":{_escape(symbol)},"ts":{int(ts)},'
+        f"{parts[0][1:-1]},"
+        f'"features_ready":{"true" if features_ready else "false"},'
+        f'"forecasts":[{",".join(parts)}]}}'
+    ).encode()
+
+
+def _forecast_json(f: ForecastLike) -> str:
+    direction = f.direction
     if direction != "up" and direction != "down":
         raise ValueError(f"direction must be 'up' or 'down', got {direction!r}")
-    p = float(p_up)
+    p = float(f.p_up)
     if p - p != 0.0:  # inf - inf and NaN - NaN are NaN: not valid JSON
         raise ValueError(f"p_up must be finite, got {p!r}")
     return (
-        f'{{"id":{_escape(id)},"symbol":{_escape(symbol)},"ts":{int(ts)},'
-        f'"horizon":{int(horizon)},"p_up":{_float_repr(p)},"direction":"{direction}",'
-        f'"model_version":{int(model_version)},'
-        f'"features_ready":{"true" if features_ready else "false"}}}'
-    ).encode()
+        f'{{"horizon":{int(f.horizon)},"p_up":{_float_repr(p)},"direction":"{direction}",'
+        f'"model_version":{int(f.model_version)}}}'
+    )
 
 
 _escape = encode_basestring  # the C escaper json itself uses when ensure_ascii=False

@@ -115,7 +115,7 @@ def _serve(settings: Any, max_idle_seconds: float | None, startup_timeout: float
         **kafka_kwargs, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
         **CONSUMER_OPTIONS,
     )  # fmt: skip
-    metrics = Metrics()
+    metrics = Metrics(horizons=settings.horizons)
     worker = Worker(settings, consumer, publisher, store, metrics, dlq_reader=dlq_reader)
     server = serve(
         metrics, settings.metrics_host, settings.metrics_port, ready=lambda: worker.ready

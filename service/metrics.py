@@ -14,7 +14,7 @@ import itertools
 import math
 import threading
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -169,8 +169,17 @@ class SpreadCollector:
 class Metrics:
     """The service's metrics, registered in `registry` (a fresh one when None)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, horizons: Sequence[int] | None = None
+    ) -> None:
+        """`horizons`: the configured horizons (TICKPROP_HORIZONS), whose label values are
+        created at start; LearnerConfig's default when None."""
         self.registry = registry if registry is not None else CollectorRegistry()
+        if horizons is None:
+            from model.learner import LearnerConfig
+
+            horizons = LearnerConfig().horizons
+        self.horizons = tuple(horizons)
         r = self.registry
 
         # --- DESIGN.md's fixed names ---------------------------------------------
@@ -217,13 +226,15 @@ class Metrics:
         )  # fmt: skip
         self.prequential_accuracy = Gauge(
             "tickprop_prequential_accuracy",
-            "Rolling accuracy of scored predictions, by model (ffbpn and the baselines).",
-            ["model"], registry=r,
+            "Rolling accuracy of scored predictions, by model (ffbpn and the baselines) and "
+            "horizon (ticks ahead).",
+            ["model", "horizon"], registry=r,
         )  # fmt: skip
         self.prequential_log_loss = Gauge(
             "tickprop_prequential_log_loss",
-            "Rolling log loss of scored predictions, by model (NaN where a model has none).",
-            ["model"], registry=r,
+            "Rolling log loss of scored predictions, by model and horizon (NaN where a model "
+            "has none).",
+            ["model", "horizon"], registry=r,
         )  # fmt: skip
         self.drift_alarms = Counter(
             "tickprop_drift_alarms_total",
@@ -283,8 +294,11 @@ class Metrics:
         for outcome in OUTCOMES:
             self.ticks.labels(outcome=outcome)
         for model in MODELS:
-            self.prequential_accuracy.labels(model=model).set(float("nan"))
-            self.prequential_log_loss.labels(model=model).set(float("nan"))
+            for h in self.horizons:
+                self.prequential_accuracy.labels(model=model, horizon=str(h)).set(float("nan"))
+                self.prequential_log_loss.labels(model=model, horizon=str(h)).set(float("nan"))
+        for h in self.horizons:
+            self.drift_alarms.labels(horizon=str(h))
         for reason in REASONS:
             self.dlq.labels(reason=reason)
         for action in SYMBOL_LIMIT_ACTIONS:

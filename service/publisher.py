@@ -199,9 +199,7 @@ class ProcessPublisher:
         # The child imports this very package: -P keeps the working directory off its
         # sys.path (a `service/` folder there would shadow ours), PYTHONPATH names ours.
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p
-        )
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
         proc = subprocess.Popen(
             [sys.executable, "-P", "-m", "service.publisher"],
             stdin=subprocess.PIPE,

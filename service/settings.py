@@ -150,11 +150,16 @@ class Settings(BaseSettings):
         le=10_000,
         description="Non-zero price moves the features look back over.",
     )
-    horizon: int = Field(
-        default_factory=lambda: _learner_default("horizon"),
-        ge=1,
-        le=10_000,
-        description="Ticks ahead a prediction is about (its label is known h ticks later).",
+    horizons: Annotated[tuple[int, ...], NoDecode] = Field(
+        default_factory=lambda: _learner_default("horizons"),
+        description=(
+            'Ticks ahead the predictions are about, comma-separated, e.g. "1,5,20": one '
+            "network each, at most 8 distinct horizons of 1 to 1000 ticks."
+        ),
+    )
+    horizon: str | int | None = Field(
+        None,
+        description="No longer read: replaced by TICKPROP_HORIZONS; start-up stops if it is set.",
     )
     hidden: Annotated[tuple[int, ...], NoDecode] = Field(
         default_factory=lambda: _learner_default("hidden"),
@@ -193,6 +198,26 @@ class Settings(BaseSettings):
     )
 
     # --- validators -------------------------------------------------------------
+    @field_validator("horizons", mode="before")
+    @classmethod
+    def _parse_horizons(cls, value: Any) -> Any:
+        from model.learner import check_horizons
+
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = (value,)
+        return check_horizons(value)
+
+    @field_validator("horizon")
+    @classmethod
+    def _refuse_horizon(cls, value: str | int | None) -> None:
+        if value is not None:
+            raise ValueError(
+                f"TICKPROP_HORIZON={value} is no longer read: set TICKPROP_HORIZONS to a comma "
+                f'list of tick counts instead, e.g. TICKPROP_HORIZONS="{str(value).strip() or 1}"'
+                ' for that one horizon or "1,5,20" (the default)'
+            )
+        return None
+
     @field_validator("hidden", mode="before")
     @classmethod
     def _parse_hidden(cls, value: Any) -> Any:
@@ -291,7 +316,7 @@ class Settings(BaseSettings):
 
         return LearnerConfig(
             window=self.window,
-            horizon=self.horizon,
+            horizons=self.horizons,
             hidden=self.hidden,
             learning_rate=self.learning_rate,
             seed=self.seed,

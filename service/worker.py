@@ -219,7 +219,7 @@ class Worker:
         self.metrics = metrics
         self.clock = clock
         self.config = learner_config or settings.learner_config()
-        self.rolling = RollingScores(score_window)
+        self.rolling = {h: RollingScores(score_window) for h in self.config.horizons}
         self.poll_timeout_ms = poll_timeout_ms
         self.partitions: dict[TopicPartition, Partition] = {}
         # A group-less consumer to read the DLQ after a claim, so a record dead-lettered
@@ -494,10 +494,7 @@ class Worker:
             f"{tp.topic}/{tp.partition}/{record.offset}",
             symbol,
             tick.ts_ms,
-            p.horizon,
-            p.p_up,
-            p.direction,
-            p.model_version,
+            p.forecasts,
             p.features_ready,
         )
         partition = self._out_partitions.get(symbol)
@@ -518,7 +515,7 @@ class Worker:
             metrics.step_seconds.observe(seconds)
         metrics.event_lag_seconds.observe(max(0.0, self.clock.time() - tick.ts_ms / 1000.0))
         for score in result.scores:
-            self.rolling.add(score)
+            self.rolling[score.horizon].add(score)
 
     def _count_batch(self) -> None:
         """Add the batch's counts to the counters (predictions: one per processed tick)."""
@@ -881,14 +878,15 @@ class Worker:
             lag = self.lag(part)
             if lag is not None:
                 m.consumer_lag.labels(partition=str(part.tp.partition)).set(lag)
-        for model in MODELS:
-            accuracy = self.rolling.accuracy(model)
-            if accuracy is not None:
-                m.prequential_accuracy.labels(model=model).set(accuracy)
-        for model in PROBABILISTIC:
-            loss = self.rolling.log_loss(model)
-            if loss is not None:
-                m.prequential_log_loss.labels(model=model).set(loss)
+        for h, rolling in self.rolling.items():
+            for model in MODELS:
+                accuracy = rolling.accuracy(model)
+                if accuracy is not None:
+                    m.prequential_accuracy.labels(model=model, horizon=str(h)).set(accuracy)
+            for model in PROBABILISTIC:
+                loss = rolling.log_loss(model)
+                if loss is not None:
+                    m.prequential_log_loss.labels(model=model, horizon=str(h)).set(loss)
 
     def _idle_for(self, seconds: float) -> bool:
         """Drained (no lag on any partition, all active) and no record for `seconds`."""

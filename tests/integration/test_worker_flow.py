@@ -30,8 +30,10 @@ from service.codec import InvalidTick, decode_tick
 
 MAX_BYTES = 4096
 PREDICTION_KEYS = {
-    "id", "symbol", "ts", "horizon", "p_up", "direction", "model_version", "features_ready"
+    "id", "symbol", "ts", "horizon", "p_up", "direction", "model_version", "features_ready",
+    "forecasts",
 }  # fmt: skip
+FORECAST_KEYS = {"horizon", "p_up", "direction", "model_version"}
 
 
 def malformed(ts: int) -> list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]], str]]:
@@ -108,10 +110,14 @@ def test_predictions_follow_the_design_format(run: dict[str, Any]) -> None:
         body = json.loads(record.value)
         assert set(body) == PREDICTION_KEYS
         assert record.key == body["symbol"].encode()
-        assert 0.0 <= body["p_up"] <= 1.0
-        assert body["direction"] == ("up" if body["p_up"] >= 0.5 else "down")
-        assert body["horizon"] == 1
-        assert isinstance(body["model_version"], int) and body["model_version"] >= 0
+        forecasts = body["forecasts"]
+        assert [f["horizon"] for f in forecasts] == [1, 5, 20]  # the default horizons, in order
+        for f in forecasts:
+            assert set(f) == FORECAST_KEYS
+            assert 0.0 <= f["p_up"] <= 1.0
+            assert f["direction"] == ("up" if f["p_up"] >= 0.5 else "down")
+            assert isinstance(f["model_version"], int) and f["model_version"] >= 0
+        assert {k: body[k] for k in FORECAST_KEYS} == forecasts[0]
         assert isinstance(body["features_ready"], bool)
     ready = [json.loads(r.value)["features_ready"] for r in run["predictions"]]
     assert any(ready) and not all(ready)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from model.learner import LearnerConfig, OnlineLearner
@@ -58,6 +59,45 @@ def test_report_has_the_design_fields_and_counts_skipped_rows(
     for symbol in ("AAA", "BBB"):
         s = report["per_symbol"][symbol]
         assert {"scored", "accuracy", "model_version", "weights_sha256"} <= set(s)
+        assert list(s["horizons"]) == ["1", "5", "20"]
+
+
+def walk_csv(path: Path, n: int = 400) -> Path:
+    rng = np.random.default_rng(5)
+    prices = 100 + 0.25 * np.cumsum(rng.choice([-1, 0, 0, 1], n))
+    path.write_text("ts,symbol,price\n" + "".join(f"{i},W,{p}\n" for i, p in enumerate(prices)))
+    return path
+
+
+def test_the_report_has_a_section_per_horizon_and_the_top_level_is_the_first(
+    tmp_path: Path,
+) -> None:
+    csv_path = walk_csv(tmp_path / "w.csv")
+    out = tmp_path / "r.json"
+    argv = ["backtest", "--csv", str(csv_path), "--json", str(out), "--horizons", "5,1"]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert list(report["horizons"]) == ["5", "1"]
+    for key in ("scored", "model", "baselines"):
+        assert report[key] == report["horizons"]["5"][key]
+    assert report["horizons"]["1"]["scored"] > report["horizons"]["5"]["scored"] * 0.5 > 0
+    per = report["per_symbol"]["W"]["horizons"]
+    assert per["1"]["scored"] == report["horizons"]["1"]["scored"]
+    assert report["settings"]["horizons"] == [5, 1]
+
+
+def test_the_old_horizon_flag_and_variable_are_refused_with_what_to_use_instead(
+    small_csv: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert main(["backtest", "--csv", str(small_csv), "--horizon", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "--horizon 5 is no longer read: use --horizons" in err
+    monkeypatch.setenv("TICKPROP_HORIZON", "5")
+    assert main(["backtest", "--csv", str(small_csv)]) == 2
+    assert "TICKPROP_HORIZON=5 is no longer read: set TICKPROP_HORIZONS" in capsys.readouterr().err
+    monkeypatch.delenv("TICKPROP_HORIZON")
+    assert main(["backtest", "--csv", str(small_csv), "--horizons", "1,1"]) == 2
+    assert "--horizons" in capsys.readouterr().err
 
 
 def test_per_symbol_state_equals_a_learner_fed_the_valid_ticks_in_order(small_csv: Path) -> None:
@@ -82,11 +122,18 @@ def test_settings_come_from_defaults_then_environment_then_flags() -> None:
     parser = build_parser()
     args = parser.parse_args(["backtest", "--csv", "x"])
     assert learner_config(args, {}) == LearnerConfig()
-    env = {"TICKPROP_WINDOW": "8", "TICKPROP_HIDDEN": "16,8", "TICKPROP_LEARNING_RATE": "0.01"}
-    assert learner_config(args, env) == LearnerConfig(window=8, hidden=(16, 8), learning_rate=0.01)
-    args = parser.parse_args(["backtest", "--csv", "x", "--window", "4", "--seed", "3"])
+    env = {
+        "TICKPROP_WINDOW": "8",
+        "TICKPROP_HIDDEN": "16,8",
+        "TICKPROP_LEARNING_RATE": "0.01",
+        "TICKPROP_HORIZONS": "2,3",
+    }
     assert learner_config(args, env) == LearnerConfig(
-        window=4, hidden=(16, 8), learning_rate=0.01, seed=3
+        window=8, hidden=(16, 8), learning_rate=0.01, horizons=(2, 3)
+    )
+    argv = ["backtest", "--csv", "x", "--window", "4", "--seed", "3", "--horizons", "7"]
+    assert learner_config(parser.parse_args(argv), env) == LearnerConfig(
+        window=4, hidden=(16, 8), learning_rate=0.01, seed=3, horizons=(7,)
     )
     with pytest.raises(ValueError, match="TICKPROP_HIDDEN"):
         learner_config(parser.parse_args(["backtest", "--csv", "x"]), {"TICKPROP_HIDDEN": "a"})
@@ -102,10 +149,11 @@ def test_a_missing_file_or_bad_setting_exits_2_with_a_message(
     assert "window" in capsys.readouterr().err
 
 
-def test_plot_writes_a_png(small_csv: Path, tmp_path: Path) -> None:
+def test_plot_writes_a_png(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     png = tmp_path / "out.png"
-    assert main(["backtest", "--csv", str(small_csv), "--window", "2", "--plot", str(png)]) == 0
+    csv_path = walk_csv(tmp_path / "w.csv")
+    assert main(["backtest", "--csv", str(csv_path), "--window", "2", "--plot", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -121,7 +169,7 @@ def test_console_script_help_and_run_in_a_fresh_process(small_csv: Path, tmp_pat
         "--json",
         "--plot",
         "--window",
-        "--horizon",
+        "--horizons",
         "--hidden",
         "--learning-rate",
     ):

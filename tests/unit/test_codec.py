@@ -5,6 +5,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from model.learner import Forecast
 from service import codec
 from service.codec import (
     REASONS,
@@ -143,8 +144,19 @@ def test_csv_text_follows_the_same_rules():
         assert info.value.reason == reason
 
 
+DESIGN_FORECASTS = (
+    Forecast(1, 0.573, "up", 4180),
+    Forecast(5, 0.441, "down", 4176),
+    Forecast(20, 0.502, "up", 4161),
+)
+
+
+def one(p_up: float, direction: str = "up") -> tuple[Forecast]:
+    return (Forecast(1, p_up, direction, 0),)
+
+
 def test_prediction_is_the_design_json_and_byte_identical_when_resent():
-    args = ("ticks/0/4211", "SPX", 1704205800123, 1, 0.573, "up", 4180, True)
+    args = ("ticks/0/4211", "SPX", 1704205800123, DESIGN_FORECASTS, True)
     first = encode_prediction(*args)
     assert first == encode_prediction(*args)
     assert json.loads(first) == {
@@ -156,17 +168,27 @@ def test_prediction_is_the_design_json_and_byte_identical_when_resent():
         "direction": "up",
         "model_version": 4180,
         "features_ready": True,
+        "forecasts": [
+            {"horizon": 1, "p_up": 0.573, "direction": "up", "model_version": 4180},
+            {"horizon": 5, "p_up": 0.441, "direction": "down", "model_version": 4176},
+            {"horizon": 20, "p_up": 0.502, "direction": "up", "model_version": 4161},
+        ],
     }
     assert b" " not in first
     with pytest.raises(ValueError):
-        encode_prediction("i", "S", 1, 1, math.nan, "up", 0, True)
+        encode_prediction("i", "S", 1, one(math.nan), True)
     with pytest.raises(ValueError):
-        encode_prediction("i", "S", 1, 1, 0.5, "sideways", 0, True)
+        encode_prediction("i", "S", 1, one(0.5, "sideways"), True)
+    with pytest.raises(ValueError):
+        encode_prediction("i", "S", 1, (*DESIGN_FORECASTS, Forecast(50, math.inf, "up", 0)), True)
+    with pytest.raises(ValueError):
+        encode_prediction("i", "S", 1, (), True)
 
 
 def test_p_up_survives_the_round_trip_exactly():
     p = 0.1 + 0.2
-    assert json.loads(encode_prediction("i", "S", 1, 1, p, "up", 0, True))["p_up"] == p
+    decoded = json.loads(encode_prediction("i", "S", 1, one(p), True))
+    assert decoded["p_up"] == p == decoded["forecasts"][0]["p_up"]
 
 
 def test_dlq_headers_name_reason_and_source():
@@ -239,4 +261,3 @@ def test_fuzz_tick_shaped_json_only_raises_invalid_tick(data, use_key):
     elif use_key == "other":
         key = b"OTHER"
     check(key, value)
-

@@ -9,63 +9,78 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from model.learner import Forecast
 from service.codec import _dumps, encode_prediction
 
 
-def reference(**fields: object) -> bytes:
+def reference(id: str, symbol: str, ts: int, forecasts: list[Forecast], ready: bool) -> bytes:
     """The prediction as the generic encoder writes it (the format before the fast path)."""
+    entries = [
+        {
+            "horizon": int(f.horizon),
+            "p_up": float(f.p_up),
+            "direction": f.direction,
+            "model_version": int(f.model_version),
+        }
+        for f in forecasts
+    ]
     return _dumps(
         {
-            "id": fields["id"],
-            "symbol": fields["symbol"],
-            "ts": int(fields["ts"]),  # type: ignore[call-overload]
-            "horizon": int(fields["horizon"]),  # type: ignore[call-overload]
-            "p_up": float(fields["p_up"]),  # type: ignore[arg-type]
-            "direction": fields["direction"],
-            "model_version": int(fields["model_version"]),  # type: ignore[call-overload]
-            "features_ready": bool(fields["features_ready"]),
+            "id": id,
+            "symbol": symbol,
+            "ts": int(ts),
+            **entries[0],
+            "features_ready": bool(ready),
+            "forecasts": entries,
         }
     )
+
+
+forecast = st.builds(
+    Forecast,
+    horizon=st.integers(1, 1000),
+    p_up=st.floats(0.0, 1.0) | st.floats(allow_nan=False, allow_infinity=False),
+    direction=st.sampled_from(["up", "down"]),
+    model_version=st.integers(0, 2**63),
+)
 
 
 @given(
     id=st.text(max_size=80),
     symbol=st.text(min_size=1, max_size=64),
     ts=st.integers(0, 253_402_300_799_999),
-    horizon=st.integers(1, 1000),
-    p_up=st.floats(0.0, 1.0) | st.floats(allow_nan=False, allow_infinity=False),
-    direction=st.sampled_from(["up", "down"]),
-    model_version=st.integers(0, 2**63),
-    features_ready=st.booleans(),
+    forecasts=st.lists(forecast, min_size=1, max_size=8),
+    ready=st.booleans(),
 )
-def test_encode_prediction_equals_the_generic_encoder(**fields: object) -> None:
-    encoded = encode_prediction(**fields)  # type: ignore[arg-type]
-    assert encoded == reference(**fields)
-    assert json.loads(encoded)["symbol"] == fields["symbol"]  # escaped properly
+def test_encode_prediction_equals_the_generic_encoder(
+    id: str, symbol: str, ts: int, forecasts: list[Forecast], ready: bool
+) -> None:
+    encoded = encode_prediction(id, symbol, ts, forecasts, ready)
+    assert encoded == reference(id, symbol, ts, forecasts, ready)
+    assert json.loads(encoded)["symbol"] == symbol  # escaped properly
 
 
 def test_encode_prediction_escapes_quotes_backslashes_and_controls() -> None:
     symbol = 'a"b\\c\nd\x00é'
-    encoded = encode_prediction("t/0/1", symbol, 1, 1, 0.25, "up", 3, True)
+    one = [Forecast(1, 0.25, "up", 3)]
+    encoded = encode_prediction("t/0/1", symbol, 1, one, True)
     assert json.loads(encoded) == {
         "id": "t/0/1", "symbol": symbol, "ts": 1, "horizon": 1, "p_up": 0.25,
         "direction": "up", "model_version": 3, "features_ready": True,
+        "forecasts": [{"horizon": 1, "p_up": 0.25, "direction": "up", "model_version": 3}],
     }  # fmt: skip
-    assert encoded == reference(
-        id="t/0/1", symbol=symbol, ts=1, horizon=1, p_up=0.25, direction="up",
-        model_version=3, features_ready=True,
-    )  # fmt: skip
+    assert encoded == reference("t/0/1", symbol, 1, one, True)
 
 
 @pytest.mark.parametrize("p_up", [math.nan, math.inf, -math.inf])
 def test_encode_prediction_refuses_non_finite(p_up: float) -> None:
     with pytest.raises(ValueError):
-        encode_prediction("t/0/1", "ES", 1, 1, p_up, "up", 0, True)
+        encode_prediction("t/0/1", "ES", 1, [Forecast(1, p_up, "up", 0)], True)
 
 
 def test_encode_prediction_refuses_a_bad_direction() -> None:
     with pytest.raises(ValueError):
-        encode_prediction("t/0/1", "ES", 1, 1, 0.5, "sideways", 0, True)
+        encode_prediction("t/0/1", "ES", 1, [Forecast(1, 0.5, "sideways", 0)], True)
 
 
 def full_checks(key: bytes | None, value: bytes) -> object:

@@ -46,10 +46,22 @@ def test_design_label_values_exist_from_start(metrics):
     for outcome in ("processed", "invalid", "late"):
         assert r.get_sample_value("tickprop_ticks_total", {"outcome": outcome}) == 0
     for model in ("ffbpn", "base_rate", "persistence", "reversal"):
-        assert math.isnan(r.get_sample_value("tickprop_prequential_accuracy", {"model": model}))
-        assert math.isnan(r.get_sample_value("tickprop_prequential_log_loss", {"model": model}))
+        for h in ("1", "5", "20"):  # LearnerConfig's default horizons
+            labels = {"model": model, "horizon": h}
+            assert math.isnan(r.get_sample_value("tickprop_prequential_accuracy", labels))
+            assert math.isnan(r.get_sample_value("tickprop_prequential_log_loss", labels))
+    for h in ("1", "5", "20"):
+        assert r.get_sample_value("tickprop_drift_alarms_total", {"horizon": h}) == 0
     for reason in REASONS:
         assert r.get_sample_value("tickprop_dlq_total", {"reason": reason}) == 0
+
+
+def test_the_horizon_label_takes_the_configured_horizons_only():
+    r = Metrics(CollectorRegistry(), horizons=(2, 50)).registry
+    labels = {"model": "ffbpn", "horizon": "50"}
+    assert math.isnan(r.get_sample_value("tickprop_prequential_accuracy", labels))
+    labels = {"model": "ffbpn", "horizon": "1"}
+    assert r.get_sample_value("tickprop_prequential_accuracy", labels) is None
 
 
 def test_counters_and_histograms_record(metrics):

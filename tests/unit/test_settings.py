@@ -7,7 +7,7 @@ import redis
 from service.settings import ConfigError, Settings, load_settings, redact_url
 
 # Explicit learning values, so these tests do not depend on model.learner's defaults.
-LEARN = {"window": 16, "horizon": 1, "hidden": "32", "learning_rate": 0.05, "seed": 7}
+LEARN = {"window": 16, "horizons": "1", "hidden": "32", "learning_rate": 0.05, "seed": 7}
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +34,7 @@ def test_learning_defaults_come_from_learner_config():
     default = learner.LearnerConfig()
     s = Settings()
     assert s.window == default.window
-    assert s.horizon == default.horizon
+    assert s.horizons == default.horizons == (1, 5, 20)
     assert s.hidden == tuple(default.hidden)
     assert s.learning_rate == default.learning_rate
     assert s.seed == default.seed
@@ -46,7 +46,10 @@ def test_environment_variables_are_read(monkeypatch):
     monkeypatch.setenv("TICKPROP_HIDDEN", "32,16")
     monkeypatch.setenv("TICKPROP_KAFKA_BOOTSTRAP_SERVERS", "a:1,b:2")
     monkeypatch.setenv("TICKPROP_LOG_LEVEL", "debug")
-    s = Settings(horizon=1, learning_rate=0.1, seed=1)
+    monkeypatch.setenv("TICKPROP_HORIZONS", "20, 1,5")
+    s = Settings(learning_rate=0.1, seed=1)
+    assert s.horizons == (20, 1, 5)
+    assert s.learner_config().horizons == (20, 1, 5)
     assert s.window == 24
     assert s.hidden == (32, 16)
     assert s.bootstrap_servers() == ["a:1", "b:2"]
@@ -163,8 +166,35 @@ def test_password_values_are_not_echoed_in_errors(monkeypatch):
     monkeypatch.setenv("TICKPROP_REDIS_PASSWORD", "")  # empty is accepted, not echoed
     monkeypatch.setenv("TICKPROP_WINDOW", "x")
     with pytest.raises(ConfigError) as info:
-        load_settings(horizon=1, hidden="8", learning_rate=0.1, seed=1)
+        load_settings(horizons="1", hidden="8", learning_rate=0.1, seed=1)
     assert "TICKPROP_WINDOW" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("0", "1 to 1000"),
+        ("1001", "1 to 1000"),
+        ("1,2,3,4,5,6,7,8,9", "between 1 and 8"),
+        ("5,5", "distinct"),
+        ("1;5", "tick counts"),
+        ("", "tick counts"),
+    ],
+)
+def test_bad_horizons_stop_start_up_naming_the_variable(monkeypatch, value, why):
+    monkeypatch.setenv("TICKPROP_HORIZONS", value)
+    with pytest.raises(ConfigError, match="TICKPROP_HORIZONS") as info:
+        load_settings()
+    assert why in str(info.value)
+
+
+def test_the_old_single_horizon_setting_is_refused_with_what_to_use_instead(monkeypatch):
+    monkeypatch.setenv("TICKPROP_HORIZON", "5")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    message = str(info.value)
+    assert "TICKPROP_HORIZON=5 is no longer read" in message
+    assert 'TICKPROP_HORIZONS="5"' in message
 
 
 def test_redact_url_leaves_passwordless_urls_alone():

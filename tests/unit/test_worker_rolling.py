@@ -10,11 +10,14 @@ from service.worker import MODELS, PROBABILISTIC, RollingScores
 
 
 def random_score(rng: random.Random) -> Score:
+    p_net = rng.choice([0.0, 0.5, 1.0, rng.random()])
     return Score(
+        horizon=1,
         label=rng.randint(0, 1),
-        p_net=rng.choice([0.0, 0.5, 1.0, rng.random()]),
+        p_net=p_net,
         p_base=rng.choice([0.0, 0.5, 1.0, rng.random()]),
         persist=rng.randint(0, 1),
+        p_raw=p_net,
     )
 
 

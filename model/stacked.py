@@ -1,0 +1,282 @@
+"""K networks of one shape, stepped together: stacked weights, one numpy call per layer.
+
+The online learner keeps one network per horizon. They share their sizes and
+activations, so their weights are stacked along a leading axis and each layer of
+all K networks is one batched numpy call (`np.matmul` over the stack), whatever K:
+
+    wb[l]   (K, n_l + 1, n_{l+1})   wb[l][k] is network k's weight-and-bias matrix,
+                                     bias last row, exactly `Network._wb[l]`'s layout
+
+- `predict(x)`: one input x (n_0,) shared by all K networks -> K outputs;
+- `learn(X, t, rate)`: network k steps on its own input X[k] (n_0,) and target
+  t[k] with learning rate rate[k]; rate[k] == 0 means network k takes no step
+  (its weights and optimiser state are left untouched, bit for bit).
+
+Each network's step is the plain SGD step of `Network.learn_one` (log loss on a
+sigmoid output unit, optional momentum and L2): the same maths, but the products
+are grouped differently than in Network's BLAS calls, so the two agree to ~1e-15
+relative, not bit for bit (tests/unit/test_stacked.py). A step that would make
+any of network k's weights non-finite is refused for network k alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy.special import expit
+
+from model.activations import Array, get_activation
+from model.network import Network
+
+# Below this, a bound proves a step cannot overflow (as in model.network).
+_SAFE = 1e150
+
+
+class _Pass:
+    """Buffers and views of one forward pass of K networks over inputs `first`.
+
+    `first` is (n_0 + 1,) — one input for all K (a prediction) — or (R, K, n_0 + 1):
+    R inputs for each of the K networks (learning: R = 2, each network's own stored
+    input, then this tick's input for the fused prediction). Activations are
+    (*lead, n_l + 1) with a trailing 1, lead = (K,) or (R, K).
+    """
+
+    def __init__(self, first: Array, sizes: list[int], k: int) -> None:
+        shared = first.ndim == 1
+        lead = (k,) if shared else first.shape[:-1]
+        self.z = [np.zeros((*lead, n)) for n in sizes[1:]]
+        self.a = [first] + [np.ones((*lead, n + 1)) for n in sizes[1:-1]]
+        self.a_body = [a[..., :-1] for a in self.a[1:]]  # where f writes, per hidden layer
+        self.a_row = [a[..., None, :] for a in self.a[1:]]  # (*lead, 1, n + 1) for matmul
+        # (n_0 + 1,) @ (K, n_0 + 1, n_1) -> (K, n_1);
+        # (R, K, 1, n_0 + 1) @ (K, n_0 + 1, n_1) -> (R, K, 1, n_1)
+        self.first = first if shared else first[..., None, :]
+        self.z_first = self.z[0] if shared else self.z[0][..., None, :]
+        self.z_next = [z[..., None, :] for z in self.z[1:]]
+        self.z_out = self.z[-1].reshape(-1)
+        if not shared:  # the learning rows: what the backward pass reads
+            self.learn_a = [a[0] for a in self.a]  # (K, n_l + 1)
+            self.learn_a_body = [a[0][:, :-1] for a in self.a[1:]]
+            self.learn_a_col = [a[0][:, :, None] for a in self.a]  # (K, n_l + 1, 1), outers
+
+
+class StackedNetworks:
+    """K [n_0, ..., n_L=1] networks with a sigmoid output and log loss, stepped together."""
+
+    def __init__(self, networks: Sequence[Network]) -> None:
+        if not networks:
+            raise ValueError("need at least one network to stack")
+        first = networks[0]
+        names = [a.name for a in first.activations]
+        for net in networks:
+            if net.sizes != first.sizes or [a.name for a in net.activations] != names:
+                raise ValueError(
+                    f"stacked networks need one shape: {net.sizes} {names} vs {first.sizes}"
+                )
+            if net.sizes[-1] != 1 or names[-1] != "sigmoid" or net.loss.name != "log":
+                raise ValueError("stacked networks need one sigmoid output unit with log loss")
+            if (net.momentum, net.l2) != (first.momentum, first.l2):
+                raise ValueError("stacked networks need the same momentum and l2")
+        self.k = len(networks)
+        self.sizes = list(first.sizes)
+        self.hidden_activations = names[:-1]
+        self.momentum = first.momentum
+        self.l2 = first.l2
+        self.learning_rates = [net.learning_rate for net in networks]
+        self.steps = [net.steps for net in networks]
+        self.refused = [net.refused_updates for net in networks]
+        self.wb = [np.stack([net._wb[l] for net in networks]) for l in range(len(names))]
+        self.velocity = [np.stack([net.velocity[l] for net in networks]) for l in range(len(names))]
+        self._allocate()
+
+    def _allocate(self) -> None:
+        k, sizes = self.k, self.sizes
+        acts = [get_activation(n) for n in self.hidden_activations]
+        self._f = [a.f for a in acts]
+        self._fgrad = [a.grad for a in acts]
+        self._last = last = len(sizes) - 2  # index of the output layer
+        # a[l] (K, n_l + 1): each network's activations with a trailing 1. Prediction's
+        # a[0] is one input x (n_0 + 1,) shared by all K; learning's a[0] is X, each its own.
+        self._x = np.ones(sizes[0] + 1)
+        self._x_body = self._x[:-1]
+        self._x2 = np.ones((2, k, sizes[0] + 1))  # [0]: each network's own input; [1]: x
+        self.X = self._x2[0]
+        self.X_body = self.X[:, :-1]
+        self._x2_body = self._x2[1, :, :-1]
+        self._predict_pass = _Pass(self._x, sizes, k)
+        self._learn_pass = _Pass(self._x2, sizes, k)
+        self._g = [np.zeros((k, n)) for n in sizes[1:-1]]  # dL/dz per hidden layer / dL/dz_out
+        self._g_row = [g[:, None, :] for g in self._g]
+        self._g_col = [g[:, :, None] for g in self._g]
+        self._fg = [np.zeros((k, n)) for n in sizes[1:-1]]  # f'(z) scratch
+        self._y = np.zeros(2 * k)
+        self._y_learn = self._y[:k]
+        self._c = np.zeros(k)
+        self._c_col = self._c[:, None]
+        self._rate = np.zeros(k)
+        self._step = [np.zeros_like(w) for w in self.wb]
+        self._step_out = self._step[last][:, :, 0]
+        self._trial = [np.zeros_like(w) for w in self.wb]
+        # Weight views (the weights are always updated in place, so views stay valid).
+        self._w_out_body = self.wb[last][:, :-1, 0]  # (K, n_L): output weights, no bias
+        self._w_body = [w[:, :-1, :] for w in self.wb]
+        # One bounded hidden layer and plain SGD: a step's size has a cheap bound (below).
+        self._bounded = (
+            last == 1
+            and self.hidden_activations[0] in ("tanh", "sigmoid")
+            and not (self.momentum or self.l2)
+        )
+        self._fgrad_max = 1.0 if self.hidden_activations[:1] == ["tanh"] else 0.25
+        self._bound = [float(np.abs(w).max()) for w in self.wb]
+
+    # ----------------------------------------------------------------- forward
+    def _forward(self, p: _Pass) -> Array:
+        """Fill p's activations from its inputs; returns the output pre-activations (K·R,)."""
+        wb, f = self.wb, self._f
+        np.matmul(p.first, wb[0], out=p.z_first)
+        for l in range(self._last):
+            f[l](p.z[l], p.a_body[l])
+            np.matmul(p.a_row[l], wb[l + 1], out=p.z_next[l])
+        return p.z_out
+
+    def predict(self, x: Array) -> list[float]:
+        """p_up of each of the K networks for one input x of shape (n_0,)."""
+        np.copyto(self._x_body, x)
+        return expit(self._forward(self._predict_pass)).tolist()
+
+    # ------------------------------------------------------------------ learn
+    def learn(
+        self,
+        stepping: list[int],
+        targets: Array,
+        x_max: float | None = None,
+        x: Array | None = None,
+    ) -> tuple[list[int], list[float] | None]:
+        """One SGD step of each network k in `stepping` on (X_body[k], targets[k]).
+
+        The caller fills `X_body` (K, n_0) and `targets` (K,); rows of networks not in
+        `stepping` are ignored. `x_max`, when given, bounds every |X_body| entry (it
+        lets a step skip the finiteness check). A network not stepping gets a step of
+        ±0, so its weights stay as they were, bit for bit (w + ±0 == w for any w but
+        −0.0, which no step produces from weights that start as normal draws or +0.0).
+
+        Returns (refused, predictions). refused: the indices whose step was refused
+        because a weight would have become non-finite (their weights and optimiser
+        state are unchanged). predictions: with `x` (n_0,), `predict(x)` computed in
+        the same forward pass, with the weights *before* this step; else None.
+        """
+        if not stepping:
+            return [], (None if x is None else self.predict(x))
+        if x is not None:
+            np.copyto(self._x2_body, x)  # broadcast to every network's row
+        rate, lrs = self._rate, self.learning_rates
+        rate[:] = 0.0
+        for k in stepping:
+            rate[k] = lrs[k]
+        lp, g, last = self._learn_pass, self._g, self._last
+        a = lp.learn_a
+        y, c, c_col = self._y_learn, self._c, self._c_col
+        expit(self._forward(lp), out=self._y)
+        predictions = self._y[self.k :].tolist() if x is not None else None
+        np.subtract(targets, y, out=c)  # -dL/dz_out of log loss on a sigmoid output
+        np.multiply(c, rate, out=c)  # c = -lr·delta, 0 where no step
+        if last:  # hidden deltas over the output's, from the top hidden layer down
+            self._fgrad[last - 1](lp.learn_a_body[last - 1], g[last - 1])
+            np.multiply(g[last - 1], self._w_out_body, out=g[last - 1])
+            for l in range(last - 1, 0, -1):
+                np.matmul(self._w_body[l], self._g_col[l], out=self._g_col[l - 1])
+                fg = self._fgrad[l - 1](lp.learn_a_body[l - 1], self._fg[l - 1])
+                np.multiply(g[l - 1], fg, out=g[l - 1])
+        step = self._step
+        np.multiply(a[last], c_col, out=self._step_out)
+        for l in range(last):
+            np.multiply(g[l], c_col, out=g[l])
+            np.multiply(lp.learn_a_col[l], self._g_row[l], out=step[l])
+        if self._bounded:
+            rmax = max(lrs[k] for k in stepping)
+            if self._fast_apply(rmax, x_max):
+                return self._count(stepping, []), predictions
+        elif self.momentum or self.l2:
+            self._regularise(rate)
+        return self._count(stepping, self._checked_apply(rate)), predictions
+
+    def _fast_apply(self, rmax: float, x_max: float | None) -> bool:
+        """wb += step in place when a bound proves every new weight finite; else False.
+
+        |c_k| <= lr_k (|t − y| <= 1), hidden activations and the bias are within ±1,
+        so |output step| <= lr; |hidden step| <= lr·max|x|·max f'·max|w_out|.
+        """
+        if x_max is None:
+            x_max = float(np.abs(self.X).max())
+        b_in, b_out = self._bound
+        s_out = rmax
+        s_in = rmax * max(x_max, 1.0) * self._fgrad_max * b_out
+        if not (b_in + s_in < _SAFE and b_out + s_out < _SAFE):  # False for NaN too
+            return False
+        for w, s in zip(self.wb, self._step, strict=True):
+            np.add(w, s, out=w)
+        self._bound[0] = b_in + s_in
+        self._bound[1] = b_out + s_out
+        return True
+
+    def _count(self, stepping: list[int], refused: list[int]) -> list[int]:
+        steps = self.steps
+        for k in stepping:
+            steps[k] += 1
+        for k in refused:
+            steps[k] -= 1
+        return refused
+
+    def _regularise(self, rate: Array) -> None:
+        """Add −lr·l2·W (weights, not biases) and μ·v to the steps of the stepping networks."""
+        moving = (rate > 0)[:, None, None]
+        for w, v, s in zip(self.wb, self.velocity, self._step, strict=True):
+            if self.l2:
+                s[:, :-1] += (-rate * self.l2)[:, None, None] * w[:, :-1]
+            if self.momentum:
+                s += self.momentum * v * moving
+
+    def _checked_apply(self, rate: Array) -> list[int]:
+        """wb += step, committed only for networks whose new weights are all finite."""
+        trial, wb = self._trial, self.wb
+        finite = True
+        for w, s, t in zip(wb, self._step, trial, strict=True):
+            np.add(w, s, out=t)
+            finite = finite and bool(np.isfinite(t.sum()))
+        refused: list[int] = []
+        if not finite:  # find the networks at fault and keep their old weights
+            for k in range(self.k):
+                if not all(np.isfinite(t[k]).all() for t in trial):
+                    refused.append(k)
+                    for w, t in zip(wb, trial, strict=True):
+                        t[k] = w[k]
+                    self.refused[k] += 1
+        moving = rate > 0
+        moving[refused] = False
+        for w, t, v, s in zip(wb, trial, self.velocity, self._step, strict=True):
+            np.copyto(w, t)
+            if self.momentum:  # the new velocity is the step taken
+                np.copyto(v, s, where=moving[:, None, None])
+        self._bound = [float(np.abs(w).max()) for w in wb]
+        return refused
+
+    # ------------------------------------------------------------- networks
+    def network(self, k: int) -> Network:
+        """Network k as a stand-alone `Network` (a copy): for serialisation and checks."""
+        net = Network(
+            self.sizes,
+            activations=[*self.hidden_activations, "sigmoid"],
+            loss="log",
+            learning_rate=self.learning_rates[k],
+            momentum=self.momentum,
+            l2=self.l2,
+            seed=0,
+        )
+        for l, w in enumerate(self.wb):
+            np.copyto(net._wb[l], w[k])
+            np.copyto(net.velocity[l], self.velocity[l][k])
+        net._bound = [float(np.abs(w).max()) for w in net._wb]
+        net.steps = self.steps[k]
+        net.refused_updates = self.refused[k]
+        return net
