@@ -28,6 +28,10 @@ KEY_MISMATCH = "key_mismatch"
 TOO_LARGE = "too_large"
 LATE = "late"
 TOO_MANY_SYMBOLS = "too_many_symbols"  # decided by the worker (settings.max_symbols)
+MISSING_KEY = "missing_key"
+# Not a tick at all: the marker the worker dead-letters for a record batch it skipped
+# because the consumer cannot read it (TICKPROP_SKIP_UNREADABLE_BATCHES).
+UNREADABLE_BATCH = "unreadable_batch"
 REASONS: tuple[str, ...] = (
     NOT_JSON,
     NOT_OBJECT,
@@ -40,10 +44,15 @@ REASONS: tuple[str, ...] = (
     TOO_LARGE,
     LATE,
     TOO_MANY_SYMBOLS,
+    MISSING_KEY,
+    UNREADABLE_BATCH,
 )
 
 DEFAULT_MAX_BYTES = 65536
 MAX_SYMBOL_CHARS = 64
+# Below 10^11 ms (1973-03-03T09:46:40Z) a ts is far likelier epoch seconds (10^11 s is
+# the year 5138) than a trade from before 1973: refused, so it cannot train as a 1970 date.
+MIN_TS_MS = 100_000_000_000
 MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last instant datetime can hold
 MAX_DETAIL_BYTES = 512
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -84,21 +93,24 @@ def decode_tick(key: bytes | None, value: bytes | None, max_bytes: int = DEFAULT
     if not isinstance(body, dict):
         raise InvalidTick(NOT_OBJECT, f"JSON {type(body).__name__}, expected an object")
     tick = _common_tick(body)
-    if tick is not None and (key is None or key == tick.symbol.encode()):
+    if tick is not None and key is not None and key == tick.symbol.encode():
         return tick
     for name in ("symbol", "ts", "price"):
         if name not in body:
             raise InvalidTick(MISSING_FIELD, f"no {name!r} field")
     tick = make_tick(body["symbol"], body["ts"], body["price"], body.get("volume"))
-    if key is not None:
-        try:
-            key_text = key.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidTick(KEY_MISMATCH, "key is not UTF-8") from None
-        if key_text != tick.symbol:
-            raise InvalidTick(
-                KEY_MISMATCH, f"key {_clip(key_text)!r} != symbol {_clip(tick.symbol)!r}"
-            )
+    if key is None:
+        raise InvalidTick(
+            MISSING_KEY,
+            "record has no key: ticks must be keyed by symbol, so that a symbol's ticks "
+            "stay in order on one partition",
+        )
+    try:
+        key_text = key.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidTick(KEY_MISMATCH, "key is not UTF-8") from None
+    if key_text != tick.symbol:
+        raise InvalidTick(KEY_MISMATCH, f"key {_clip(key_text)!r} != symbol {_clip(tick.symbol)!r}")
     return tick
 
 
@@ -114,7 +126,7 @@ def _common_tick(body: dict[str, Any]) -> Tick | None:
         type(symbol) is str
         and type(ts) is int
         and type(price) is float
-        and 0 <= ts <= MAX_TS_MS
+        and MIN_TS_MS <= ts <= MAX_TS_MS
         and 0.0 < price < math.inf  # False for NaN
         and 1 <= len(symbol) <= MAX_SYMBOL_CHARS
         and symbol.isprintable()
@@ -134,7 +146,8 @@ def make_tick(symbol: Any, ts: Any, price: Any, volume: Any = None) -> Tick:
     """A Tick from JSON-typed values, validated as DESIGN.md fixes, or InvalidTick.
 
     `ts` is an int (or integral float) of epoch ms, or a string: ISO-8601 or decimal
-    digits of epoch ms. `price` and `volume` must be numbers (not strings, not bools);
+    digits of epoch ms; in every form from 10^11 (1973-03-03) to MAX_TS_MS (year 9999).
+    `price` and `volume` must be numbers (not strings, not bools);
     `volume` None means absent.
     """
     return Tick(_symbol(symbol), _ts_ms(ts), _price(price), _volume(volume))
@@ -184,8 +197,14 @@ def _ts_ms(value: Any) -> int:
         value = _parse_ts_text(value)
     if not isinstance(value, int):
         raise InvalidTick(BAD_TS, f"ts is {type(value).__name__}, expected epoch ms or ISO-8601")
-    if not 0 <= value <= MAX_TS_MS:
-        raise InvalidTick(BAD_TS, f"ts {_clip(repr(value))} outside 0..{MAX_TS_MS}")
+    if 0 <= value < MIN_TS_MS:
+        raise InvalidTick(
+            BAD_TS,
+            f"ts {value} is below 10^11 (before 1973-03-03 in epoch ms): it looks like "
+            "epoch seconds; ts must be epoch milliseconds",
+        )
+    if not MIN_TS_MS <= value <= MAX_TS_MS:
+        raise InvalidTick(BAD_TS, f"ts {_clip(repr(value))} outside {MIN_TS_MS}..{MAX_TS_MS}")
     return value
 
 
@@ -302,17 +321,75 @@ def _dumps(body: dict[str, Any]) -> bytes:
     return _ENCODER.encode(body).encode()
 
 
+# Names of the headers a dead letter gets (after the record's own).
+REASON_HEADER = "tickprop.reason"
+DETAIL_HEADER = "tickprop.detail"
+SOURCE_TOPIC_HEADER = "tickprop.source.topic"
+SOURCE_PARTITION_HEADER = "tickprop.source.partition"
+SOURCE_OFFSET_HEADER = "tickprop.source.offset"
+SOURCE_LAST_OFFSET_HEADER = "tickprop.source.last_offset"  # markers of skipped batches only
+NULL_HEADERS_HEADER = "tickprop.null_headers"
+ESCAPED_HEADERS_HEADER = "tickprop.escaped_header_names"
+HEADER_OVERHEAD_BYTES = 10  # a header's length fields in a record batch, at most
+
+
 def dlq_headers(
-    reason: str, detail: str, topic: str, partition: int, offset: int
+    reason: str,
+    detail: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    last_offset: int | None = None,
 ) -> list[tuple[str, bytes]]:
-    """Kafka headers of a dead-lettered record: why, and where it came from."""
-    return [
-        ("tickprop.reason", reason.encode()),
-        ("tickprop.detail", _truncate_utf8(detail, MAX_DETAIL_BYTES)),
-        ("tickprop.source.topic", topic.encode()),
-        ("tickprop.source.partition", str(partition).encode()),
-        ("tickprop.source.offset", str(offset).encode()),
+    """Kafka headers of a dead-lettered record: why, and where it came from (for the
+    marker of a skipped batch, `last_offset` ends the range that starts at `offset`)."""
+    headers = [
+        (REASON_HEADER, reason.encode()),
+        (DETAIL_HEADER, _truncate_utf8(detail, MAX_DETAIL_BYTES)),
+        (SOURCE_TOPIC_HEADER, topic.encode()),
+        (SOURCE_PARTITION_HEADER, str(partition).encode()),
+        (SOURCE_OFFSET_HEADER, str(offset).encode()),
     ]
+    if last_offset is not None:
+        headers.append((SOURCE_LAST_OFFSET_HEADER, str(last_offset).encode()))
+    return headers
+
+
+def keepable_headers(
+    headers: list[tuple[str, bytes | None]] | None,
+) -> list[tuple[str, bytes]]:
+    """A record's headers as a producer can send them again, nothing dropped.
+
+    Kafka allows a null header value and any bytes as a header name; kafka-python's
+    producer takes neither. A null value becomes empty and its position (0-based, among
+    the record's headers) is listed in `tickprop.null_headers`; a name that is not UTF-8
+    (read with "surrogateescape") is written with its bad bytes as `\\xNN` escapes and
+    its position listed in `tickprop.escaped_header_names`. Both lists are
+    comma-separated and present only when needed.
+    """
+    out: list[tuple[str, bytes]] = []
+    nulls: list[str] = []
+    escaped: list[str] = []
+    for i, (name, value) in enumerate(headers or ()):
+        try:
+            name.encode()
+        except UnicodeEncodeError:
+            name = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            escaped.append(str(i))
+        if value is None:
+            value = b""
+            nulls.append(str(i))
+        out.append((name, bytes(value)))
+    if nulls:
+        out.append((NULL_HEADERS_HEADER, ",".join(nulls).encode()))
+    if escaped:
+        out.append((ESCAPED_HEADERS_HEADER, ",".join(escaped).encode()))
+    return out
+
+
+def headers_size(headers: list[tuple[str, bytes]]) -> int:
+    """Bytes `headers` take in a record batch, at most."""
+    return sum(len(name.encode()) + len(value) + HEADER_OVERHEAD_BYTES for name, value in headers)
 
 
 def _truncate_utf8(text: str, limit: int) -> bytes:

@@ -76,5 +76,5 @@ def test_synthetic_limit_and_rate(broker, names, capsys):
     assert "produced 50 ticks of 4 symbols" in capsys.readouterr().out
     assert elapsed >= 49 / 250  # paced, not sent in one burst
     records = consume_all(broker, names.ticks, expected=50)
-    values = sorted((r.value for r in records), key=lambda v: decode_tick(None, v).ts_ms)
-    assert [decode_tick(None, v) for v in values] == list(synthetic_ticks(50, 4, 7))
+    ticks = sorted((decode_tick(r.key, r.value) for r in records), key=lambda t: t.ts_ms)
+    assert ticks == list(synthetic_ticks(50, 4, 7))

@@ -77,8 +77,8 @@ def with_bad_records(records, every):
     """`records` with a malformed record (not JSON, wrong key, bad price) after every `every`."""
     kinds = [
         lambda k: (k, b"{not json", [("trace", b"1")]),
-        lambda k: (k, b'{"symbol": "ZZZ", "ts": 1, "price": 1.0}', None),
-        lambda k: (k, b'{"symbol": "%s", "ts": 1, "price": -2.0}' % k, None),
+        lambda k: (k, b'{"symbol": "ZZZ", "ts": 1704205800000, "price": 1.0}', None),
+        lambda k: (k, b'{"symbol": "%s", "ts": 1704205800000, "price": -2.0}' % k, None),
     ]
     out = []
     for i, record in enumerate(records):

@@ -48,13 +48,13 @@ def malformed(ts: int) -> list[tuple[bytes | None, bytes | None, list[tuple[str,
         (b"AAPL", None, [], "not_json"),
         (b"ES", b"[1, 2, 3]", [], "not_object"),
         (b"ES", b'{"symbol": "ES", "price": 1.0}', [], "missing_field"),
-        (b"IBM", b'{"symbol": "IBM", "ts": 1, "price": NaN}', [], "bad_price"),
+        (b"IBM", b'{"symbol": "IBM", "ts": %d, "price": NaN}' % ts, [], "bad_price"),
         (b"IBM", tick("IBM", price=-3.5), [], "bad_price"),
         (b"MSFT", tick("IBM"), trace, "key_mismatch"),
         (b"MSFT", tick("MSFT", ts="yesterday"), [], "bad_ts"),
         (b"MSFT", tick("MSFT", volume=-1), [], "bad_volume"),
         (b"ES", tick("ES", pad="x" * MAX_BYTES), [], "too_large"),
-        (b"ES", tick("ES", ts=0), [], "late"),  # older than ES's earlier ticks
+        (b"ES", tick("ES", ts=10**11), [], "late"),  # older than ES's earlier ticks
     ]
 
 

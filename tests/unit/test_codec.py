@@ -38,16 +38,43 @@ def test_design_example_decodes():
     assert tick == Tick("SPX", 1704205800123, 4742.83, 1200.0)
 
 
-def test_volume_is_optional_and_key_may_be_absent():
-    assert decode_tick(None, body(volume=...)) == Tick("SPX", 1704205800123, 4742.83, None)
-    assert decode_tick(None, body(volume=None)).volume is None
+def test_volume_is_optional():
+    assert decode_tick(b"SPX", body(volume=...)) == Tick("SPX", 1704205800123, 4742.83, None)
+    assert decode_tick(b"SPX", body(volume=None)).volume is None
+
+
+def test_a_valid_tick_without_a_key_is_missing_key():
+    """Key-less records are spread over the partitions: one symbol would get one model
+    per partition, its ticks out of order between them."""
+    with pytest.raises(InvalidTick) as info:
+        decode_tick(None, body())
+    assert info.value.reason == "missing_key"
+    assert "keyed by symbol" in info.value.detail and "one partition" in info.value.detail
+    # what is wrong with the value itself is said first
+    assert reason_of(None, body(price=-1)) == "bad_price"
 
 
 def test_iso_timestamps_become_epoch_ms():
-    assert decode_tick(None, body(ts="2024-01-02T14:30:00.123Z")).ts_ms == 1704205800123
-    assert decode_tick(None, body(ts="2024-01-02T15:30:00.123+01:00")).ts_ms == 1704205800123
-    assert decode_tick(None, body(ts="2024-01-02T14:30:00.123")).ts_ms == 1704205800123  # UTC
-    assert decode_tick(None, body(ts="1704205800123")).ts_ms == 1704205800123
+    assert decode_tick(b"SPX", body(ts="2024-01-02T14:30:00.123Z")).ts_ms == 1704205800123
+    assert decode_tick(b"SPX", body(ts="2024-01-02T15:30:00.123+01:00")).ts_ms == 1704205800123
+    assert decode_tick(b"SPX", body(ts="2024-01-02T14:30:00.123")).ts_ms == 1704205800123  # UTC
+    assert decode_tick(b"SPX", body(ts="1704205800123")).ts_ms == 1704205800123
+    assert decode_tick(b"SPX", body(ts=1704205800123.0)).ts_ms == 1704205800123
+
+
+@pytest.mark.parametrize("ts", [1704205800, "1704205800", 1704205800.0, 0, 10**11 - 1])
+def test_a_ts_in_seconds_is_bad_ts_and_says_so(ts):
+    with pytest.raises(InvalidTick) as info:
+        decode_tick(b"SPX", body(ts=ts))
+    assert info.value.reason == "bad_ts"
+    assert "looks like epoch seconds" in info.value.detail
+
+
+def test_ts_range_starts_at_1e11_ms_in_every_form():
+    assert decode_tick(b"SPX", body(ts=10**11)).ts_ms == 10**11
+    assert decode_tick(b"SPX", body(ts="1973-03-03T09:46:40Z")).ts_ms == 10**11
+    assert reason_of(b"SPX", body(ts="1973-03-03T09:46:39.999Z")) == "bad_ts"
+    assert reason_of(b"SPX", body(ts="1970-01-01T00:00:00Z")) == "bad_ts"
 
 
 @pytest.mark.parametrize(
@@ -80,14 +107,14 @@ def test_iso_timestamps_become_epoch_ms():
         (body(price=True), "bad_price"),
         (body(price="4742.83"), "bad_price"),
         (body(price=None), "bad_price"),
-        (b'{"symbol":"SPX","ts":1,"price":NaN}', "bad_price"),
-        (b'{"symbol":"SPX","ts":1,"price":Infinity}', "bad_price"),
-        (b'{"symbol":"SPX","ts":1,"price":1e999}', "bad_price"),
-        (b'{"symbol":"SPX","ts":1,"price":' + b"9" * 400 + b"}", "bad_price"),
+        (b'{"symbol":"SPX","ts":1704205800123,"price":NaN}', "bad_price"),
+        (b'{"symbol":"SPX","ts":1704205800123,"price":Infinity}', "bad_price"),
+        (b'{"symbol":"SPX","ts":1704205800123,"price":1e999}', "bad_price"),
+        (b'{"symbol":"SPX","ts":1704205800123,"price":' + b"9" * 400 + b"}", "bad_price"),
         (body(volume=-1), "bad_volume"),
         (body(volume=False), "bad_volume"),
         (body(volume="12"), "bad_volume"),
-        (b'{"symbol":"SPX","ts":1,"price":1,"volume":NaN}', "bad_volume"),
+        (b'{"symbol":"SPX","ts":1704205800123,"price":1,"volume":NaN}', "bad_volume"),
     ],
 )
 def test_invalid_records_name_their_reason(value, reason):
@@ -107,7 +134,9 @@ def test_oversized_records_are_refused_before_parsing():
 
 
 def test_deep_nesting_and_huge_integers_are_invalid_not_crashes():
-    deep = b'{"symbol":"SPX","ts":1,"price":1,"x":' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    deep = (
+        b'{"symbol":"SPX","ts":1704205800123,"price":1,"x":' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    )
     assert reason_of(None, deep, max_bytes=len(deep)) == "not_json"
     huge_int = b'{"symbol":"SPX","ts":' + b"1" * 5000 + b',"price":1}'
     assert reason_of(None, huge_int) == "not_json"
@@ -115,15 +144,20 @@ def test_deep_nesting_and_huge_integers_are_invalid_not_crashes():
 
 def test_unicode_symbols_are_valid_and_lone_surrogates_are_not():
     assert decode_tick("ÄPFEL".encode(), body(symbol="ÄPFEL")).symbol == "ÄPFEL"
-    assert reason_of(None, b'{"symbol":"\\ud800","ts":1,"price":1}') == "bad_symbol"
+    assert reason_of(None, b'{"symbol":"\\ud800","ts":1704205800123,"price":1}') == "bad_symbol"
 
 
 def test_unknown_fields_are_ignored():
-    assert decode_tick(None, body(exchange="CME")).symbol == "SPX"
+    assert decode_tick(b"SPX", body(exchange="CME")).symbol == "SPX"
 
 
 def test_encode_tick_round_trips():
-    for tick in (Tick("ES", 1, 1642.25, 3.0), Tick("ES", 2, 0.1, None), Tick("É", 3, 1e-300, 0.5)):
+    t = 1378072800000
+    for tick in (
+        Tick("ES", t, 1642.25, 3.0),
+        Tick("ES", t + 1, 0.1, None),
+        Tick("É", t, 1e-300, 0.5),
+    ):
         assert decode_tick(tick.symbol.encode(), encode_tick(tick)) == tick
 
 
@@ -134,10 +168,11 @@ def test_csv_text_follows_the_same_rules():
     assert tick_from_text("ES", "1378072800000", "1642.25", "").volume is None
     for args, reason in [
         (("ES", "x", "1"), "bad_ts"),
-        (("ES", "1", "nan"), "bad_price"),
-        (("ES", "1", "abc"), "bad_price"),
-        (("ES", "1", "1", "-2"), "bad_volume"),
-        (("", "1", "1"), "bad_symbol"),
+        (("ES", "1", "1"), "bad_ts"),
+        (("ES", "1378072800000", "nan"), "bad_price"),
+        (("ES", "1378072800000", "abc"), "bad_price"),
+        (("ES", "1378072800000", "1", "-2"), "bad_volume"),
+        (("", "1378072800000", "1"), "bad_symbol"),
     ]:
         with pytest.raises(InvalidTick) as info:
             tick_from_text(*args)
@@ -205,6 +240,38 @@ def test_dlq_headers_name_reason_and_source():
     long.decode("utf-8")  # still valid UTF-8 after truncation
 
 
+def test_dlq_headers_of_a_skipped_batch_end_its_range():
+    headers = dict(dlq_headers("unreadable_batch", "why", "ticks", 3, 42, last_offset=97))
+    assert headers["tickprop.source.offset"] == b"42"
+    assert headers["tickprop.source.last_offset"] == b"97"
+
+
+def test_keepable_headers_keep_every_header_kafka_allows():
+    bad_name = b"\xffname".decode("utf-8", "surrogateescape")
+    headers = [("a", b"1"), ("null", None), ("", b""), (bad_name, b"v"), ("a", b"2")]
+    kept = codec.keepable_headers(headers)
+    assert kept == [
+        ("a", b"1"),
+        ("null", b""),
+        ("", b""),
+        ("\\xffname", b"v"),
+        ("a", b"2"),  # repeated names stay, in order
+        ("tickprop.null_headers", b"1"),
+        ("tickprop.escaped_header_names", b"3"),
+    ]
+    for name, value in kept:  # what kafka-python's producer demands
+        assert isinstance(value, bytes)
+        name.encode("utf-8")
+    assert codec.keepable_headers(None) == []
+    many = [(f"h{i}", None if i % 2 else b"x") for i in range(1000)]
+    kept = codec.keepable_headers(many)
+    assert len(kept) == 1001
+    assert (
+        dict(kept)["tickprop.null_headers"] == ",".join(str(i) for i in range(1, 1000, 2)).encode()
+    )
+    assert codec.headers_size(kept[:2]) >= len(b"h0x") + len(b"h1")
+
+
 # --- fuzzing: whatever the bytes, only InvalidTick or a valid Tick ---------------------
 
 json_values = st.recursive(
@@ -237,10 +304,10 @@ def check(key, value):
         return
     # Anything accepted satisfies the contract.
     assert isinstance(tick.symbol, str) and 1 <= len(tick.symbol) <= codec.MAX_SYMBOL_CHARS
-    assert isinstance(tick.ts_ms, int) and 0 <= tick.ts_ms <= codec.MAX_TS_MS
+    assert isinstance(tick.ts_ms, int) and codec.MIN_TS_MS <= tick.ts_ms <= codec.MAX_TS_MS
     assert math.isfinite(tick.price) and tick.price > 0
     assert tick.volume is None or (math.isfinite(tick.volume) and tick.volume >= 0)
-    assert key is None or key == tick.symbol.encode()
+    assert key is not None and key == tick.symbol.encode()
     tick.symbol.encode("utf-8")  # usable as a Kafka key and Redis field
 
 

@@ -13,21 +13,28 @@ def write(tmp_path, text, name="t.csv", compress=False):
     return path
 
 
+T = 1704205800000  # epoch ms (a ts below 10^11 is refused as seconds)
+
+
 def test_reads_plain_and_gzip_alike(tmp_path):
-    text = "ts,symbol,price,volume\n1,ES,1640.25,8\n2,ES,1640.5,\n"
+    text = f"ts,symbol,price,volume\n{T + 1},ES,1640.25,8\n{T + 2},ES,1640.5,\n"
     plain = list(valid_ticks(write(tmp_path, text)))
     zipped = list(valid_ticks(write(tmp_path, text, "t.csv.gz", compress=True)))
     assert plain == zipped
-    assert [(t.ts_ms, t.price, t.volume) for t in plain] == [(1, 1640.25, 8.0), (2, 1640.5, None)]
+    assert [(t.ts_ms, t.price, t.volume) for t in plain] == [
+        (T + 1, 1640.25, 8.0),
+        (T + 2, 1640.5, None),
+    ]
 
 
 def test_columns_by_header_name_and_volume_optional(tmp_path):
-    rows = list(valid_ticks(write(tmp_path, "symbol,price,ts\nES,3.5,10\n")))
-    assert [(t.symbol, t.ts_ms, t.price, t.volume) for t in rows] == [("ES", 10, 3.5, None)]
+    rows = list(valid_ticks(write(tmp_path, f"symbol,price,ts\nES,3.5,{T}\n")))
+    assert [(t.symbol, t.ts_ms, t.price, t.volume) for t in rows] == [("ES", T, 3.5, None)]
 
 
 def test_bad_rows_are_reported_with_line_and_reason(tmp_path):
-    text = "ts,symbol,price\n1,ES,1\nx,ES,1\n2,ES\n\n3,,1\n4,ES,inf\n5,ES,2\n"
+    lines = [f"{T + 1},ES,1", "x,ES,1", f"{T + 2},ES", "", f"{T + 3},,1", f"{T + 4},ES,inf"]
+    text = "\n".join(["ts,symbol,price", *lines, f"{T + 5},ES,2", ""])
     rows = list(read_ticks(write(tmp_path, text)))
     assert [(r.line, r.reason) for r in rows] == [
         (2, None),
@@ -38,13 +45,13 @@ def test_bad_rows_are_reported_with_line_and_reason(tmp_path):
         (8, None),
     ]
     bad = BadRows()
-    assert [t.ts_ms for t in valid_ticks(write(tmp_path, text), bad)] == [1, 5]
+    assert [t.ts_ms for t in valid_ticks(write(tmp_path, text), bad)] == [T + 1, T + 5]
     assert bad.count == 4 and bad.by_reason["bad_ts"] == 1
     assert "line 3: bad_ts" in bad.summary()
 
 
 def test_undecodable_bytes_make_a_bad_row_not_a_crash(tmp_path):
-    path = write(tmp_path, b"ts,symbol,price\n1,\xff\xfe,1\n2,ES,1\n")
+    path = write(tmp_path, b"ts,symbol,price\n%d,\xff\xfe,1\n%d,ES,1\n" % (T, T))
     assert [r.reason for r in read_ticks(path)] == ["bad_symbol", None]
 
 
