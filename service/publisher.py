@@ -66,10 +66,12 @@ MAX_RESTART_DELAY_SECONDS = 5.0
 _LEN = struct.Struct("<I")
 # tag, flags (1 = report the offset), partition (-1: the producer's partitioner),
 # topic length, key length (-1: None), value length (-1: None), header count. Lengths are
-# 32-bit: a dead letter carries a hostile record's headers as they came.
+# 32-bit: a dead letter carries a hostile record's headers as they came. A header name is
+# sent as UTF-8 with "surrogateescape" (a name read from Kafka that is not UTF-8 keeps its
+# bytes), a header value's length is -1 for a null value.
 _REC = struct.Struct("<IBiIiiI")
 _HEADER_NAME = struct.Struct("<I")
-_HEADER_VALUE = struct.Struct("<I")
+_HEADER_VALUE = struct.Struct("<i")
 _TIMEOUT = struct.Struct("<d")
 WANT_OFFSET = 1
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])  # the folder holding service/
@@ -113,12 +115,16 @@ class ProcessPublisher:
         topic: str,
         key: bytes | None,
         value: bytes | None,
-        headers: Sequence[tuple[str, bytes]] | None = None,
+        headers: Sequence[tuple[str, bytes | None]] | None = None,
         partition: int | None = None,
         tag: int = 0,
         want_offset: bool = False,
     ) -> None:
-        """Queue one record; KafkaError if the child cannot take the buffer when it ships."""
+        """Queue one record; KafkaError if the child cannot take the buffer when it ships.
+
+        Any header Kafka allows passes the pipe; kafka-python's producer then sends a null
+        header value as empty and refuses a name that is not UTF-8 (a failure reported
+        for `tag`), so callers who must keep such headers use codec.keepable_headers."""
         t = self._topics.get(topic)
         if t is None:
             t = self._topics[topic] = topic.encode()
@@ -139,11 +145,14 @@ class ProcessPublisher:
             buf += value
         if headers:
             for name, header_value in headers:
-                name_bytes = name.encode()
+                name_bytes = name.encode("utf-8", "surrogateescape")
                 buf += _HEADER_NAME.pack(len(name_bytes))
                 buf += name_bytes
-                buf += _HEADER_VALUE.pack(len(header_value))
-                buf += header_value
+                if header_value is None:
+                    buf += _HEADER_VALUE.pack(-1)
+                else:
+                    buf += _HEADER_VALUE.pack(len(header_value))
+                    buf += header_value
         self._unconfirmed.add(tag)
         if len(buf) >= SHIP_BYTES:
             self.ship()
@@ -391,10 +400,13 @@ class _Child:
             for _ in range(n_headers):
                 (name_len,) = _HEADER_NAME.unpack_from(data, offset)
                 offset += _HEADER_NAME.size
-                name = data[offset : offset + name_len].decode()
+                name = data[offset : offset + name_len].decode("utf-8", "surrogateescape")
                 offset += name_len
                 (header_len,) = _HEADER_VALUE.unpack_from(data, offset)
                 offset += _HEADER_VALUE.size
+                if header_len < 0:  # null: kafka-python's send() takes bytes only
+                    headers.append((name, b""))
+                    continue
                 headers.append((name, data[offset : offset + header_len]))
                 offset += header_len
             try:
