@@ -4,6 +4,11 @@ Output: {"symbols": {SYM: {"model_version": N, "weights_sha256": HEX}}}, HEX bei
 sha256 of the symbol's Network.to_bytes() — the same value `tickprop backtest` reports in
 per_symbol, so the two can be compared directly. Redis and the learning settings come
 from the TICKPROP_* environment, as for the worker.
+
+A symbol should live in one partition (ticks are keyed by symbol). One found in several
+(state from key-less ticks stored before they were refused, say) is listed under
+"split_symbols" with every copy, {SYM: {"topic/partition": {...}}}, and named on stderr;
+"symbols" then shows the copy of the highest partition.
 """
 
 from __future__ import annotations
@@ -50,6 +55,12 @@ def run(args: argparse.Namespace) -> int:
         return 1
     finally:
         client.close()
+    for symbol, copies in report.get("split_symbols", {}).items():
+        print(
+            f"tickprop inspect: symbol {symbol!r} has state in {len(copies)} partitions "
+            f"({', '.join(copies)}): one model per partition, each trained on part of its ticks",
+            file=sys.stderr,
+        )
     json.dump(report, sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
     return 0
@@ -60,6 +71,7 @@ def summarise(store: Any, config: Any, partitions: bool = False) -> dict[str, An
     from model.learner import OnlineLearner
 
     symbols: dict[str, dict[str, Any]] = {}
+    copies: dict[str, dict[str, dict[str, Any]]] = {}
     by_partition: dict[str, dict[str, Any]] = {}
     for (topic, partition), state in sorted(store.load_all().items()):
         for symbol, blob in state.blobs.items():
@@ -71,12 +83,16 @@ def summarise(store: Any, config: Any, partitions: bool = False) -> dict[str, An
                 "model_version": learner.model_version,
                 "weights_sha256": learner.weights_sha256(),
             }
+            copies.setdefault(symbol, {})[f"{topic}/{partition}"] = symbols[symbol]
         by_partition[f"{topic}/{partition}"] = {
             "offset": state.offset,
             "epoch": state.epoch,
             "symbols": sorted(state.blobs),
         }
     report: dict[str, Any] = {"symbols": symbols}
+    split = {symbol: where for symbol, where in copies.items() if len(where) > 1}
+    if split:
+        report["split_symbols"] = split
     if partitions:
         report["partitions"] = by_partition
     return report
