@@ -3,16 +3,19 @@
 Configured by TICKPROP_* environment variables (see README). At start-up it checks Redis,
 creates missing topics, serves /metrics, /healthz and /readyz on TICKPROP_METRICS_PORT and
 joins the consumer group TICKPROP_GROUP_ID. SIGTERM or SIGINT: finish the batch, checkpoint,
-commit, leave the group and exit 0. Exit 2 on a bad setting, 1 when Redis or Kafka stay
-unreachable at start-up.
+commit, leave the group and exit 0 -- within TICKPROP_SHUTDOWN_GRACE_SECONDS, or exit 3
+without that last checkpoint (a watchdog thread ends the process whatever the loop is
+doing). Exit 2 on a bad setting, 1 when Redis or Kafka stay unreachable at start-up.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -20,6 +23,8 @@ from typing import Any, TypeVar
 log = logging.getLogger("tickprop.main")
 
 T = TypeVar("T")
+
+EXIT_FORCED = 3  # the orderly stop overran TICKPROP_SHUTDOWN_GRACE_SECONDS
 
 # Client options beyond the settings, measured with benchmarks/bench_worker.py on the local
 # broker. linger_ms batches predictions for up to 20 ms: kafka-python's sender thread then
@@ -76,6 +81,9 @@ def run(args: argparse.Namespace) -> int:
     except StartupError as exc:
         log.error(str(exc), extra={"event": "startup_failed"})
         return 1
+    except Exception:  # a bug: one JSON line with the traceback, not raw text on stderr
+        log.exception("worker crashed", extra={"event": "crashed"})
+        return 1
 
 
 class StartupError(Exception):
@@ -130,6 +138,11 @@ def _serve(settings: Any, max_idle_seconds: float | None, startup_timeout: float
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("signal received, stopping", extra={"event": "signal", "signal": signum})
         worker.stop()
+        if not deadline_armed.is_set():
+            deadline_armed.set()
+            arm_exit_deadline(settings.shutdown_grace_seconds)
+
+    deadline_armed = threading.Event()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -140,6 +153,31 @@ def _serve(settings: Any, max_idle_seconds: float | None, startup_timeout: float
         dlq_reader.close()
         server.stop()
         client.close()
+
+
+def arm_exit_deadline(
+    seconds: float, exit: Callable[[int], Any] = os._exit
+) -> threading.Timer:
+    """End the process with EXIT_FORCED in `seconds` unless it has exited by then.
+
+    A daemon timer thread: it runs while the main thread is blocked in a call or spinning
+    in Python code (the interpreter switches threads), and dies with a process that
+    stopped in time. State in Redis is that of the last checkpoint, so nothing is lost.
+    """
+
+    def overrun() -> None:
+        log.error(
+            "orderly stop overran the grace time; exiting without a final checkpoint",
+            extra={"event": "forced_exit", "grace_seconds": seconds, "exit_code": EXIT_FORCED},
+        )
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        exit(EXIT_FORCED)
+
+    timer = threading.Timer(seconds, overrun)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def _retry(name: str, call: Callable[[], T], deadline: float) -> T:

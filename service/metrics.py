@@ -245,6 +245,17 @@ class Metrics:
             "tickprop_consumer_lag", "Records behind: end offset minus position, by partition.",
             ["partition"], registry=r,
         )  # fmt: skip
+        self.unreadable_partition = Gauge(
+            "tickprop_unreadable_partition",
+            "1 for a partition stopped at a record batch the consumer cannot read (missing "
+            "codec, corrupt record); see TICKPROP_SKIP_UNREADABLE_BATCHES.",
+            ["partition"], registry=r,
+        )  # fmt: skip
+        self.skipped_records = Counter(
+            "tickprop_skipped_records_total",
+            "Offsets skipped unread in unreadable batches (each batch: one unreadable_batch "
+            "dead letter).", registry=r,
+        )  # fmt: skip
         self.assigned_partitions = Gauge(
             "tickprop_assigned_partitions", "Input partitions this worker owns.", registry=r
         )

@@ -89,6 +89,20 @@ class Settings(BaseSettings):
     poll_max_records: int = Field(
         500, ge=1, le=100_000, description="Most records one consumer poll returns."
     )
+    shutdown_grace_seconds: float = Field(
+        45.0,
+        ge=1.0,
+        le=3600.0,
+        description="After SIGTERM/SIGINT the worker exits within this many seconds, "
+        "whatever it is doing: exit 3 (state as of the last checkpoint) if its orderly "
+        "stop has not finished by then. Keep it below the orchestrator's own grace time.",
+    )
+    skip_unreadable_batches: bool = Field(
+        False,
+        description="Skip a record batch the consumer cannot read (missing codec, corrupt "
+        "record) and dead-letter a marker naming its offsets (unreadable_batch); "
+        "when false its partition stops and waits for an operator.",
+    )
     max_message_bytes: int = Field(
         65536,
         ge=256,
@@ -353,6 +367,9 @@ class Settings(BaseSettings):
             "session_timeout_ms": self.session_timeout_ms,
             "heartbeat_interval_ms": self.heartbeat_interval_ms,
             "max_poll_records": self.poll_max_records,
+            # Records of aborted producer transactions are never learned from (Apache Kafka
+            # filters them; the embedded Tansu broker does not, see docs/reliability.md).
+            "isolation_level": "read_committed",
         }
 
     def redis_client(self) -> Any:

@@ -34,7 +34,8 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.partitioner.default import murmur2
 
 from model.learner import LearnerConfig, OnlineLearner, Score
-from service import codec
+from service import codec, fetch_guard
+from service.fetch_guard import UnreadableBatch
 from service.store import (
     Fenced,
     OffsetWentBackwards,
@@ -65,11 +66,13 @@ FLUSH_TIMEOUT_SECONDS = 10.0
 # the producer's max_request_size is 1 MiB, and ours headers come on top.
 MAX_DEAD_LETTER_BYTES = 1_000_000
 DLQ_READ_TIMEOUT_SECONDS = 30.0
+# A partition that cannot be read is logged again this often (well within a minute).
+UNREADABLE_LOG_SECONDS = 50.0
 # Headers of codec.dlq_headers that say where a dead letter came from.
 SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET = (
-    "tickprop.source.topic",
-    "tickprop.source.partition",
-    "tickprop.source.offset",
+    codec.SOURCE_TOPIC_HEADER,
+    codec.SOURCE_PARTITION_HEADER,
+    codec.SOURCE_OFFSET_HEADER,
 )
 
 
@@ -81,10 +84,17 @@ class Clock(Protocol):
 
 
 class Status(enum.Enum):
+    """What the worker does with a partition's records (all but ACTIVE: drops them)."""
+
     ACTIVE = "active"  # state loaded, records processed
     NEEDS_CLAIM = "needs_claim"  # no state in memory; paused until a claim succeeds
     CHECKPOINT_FAILING = "checkpoint_failing"  # state good but not persisted; paused
     FENCED = "fenced"  # another worker claimed it; paused, state dropped
+    UNREADABLE = "unreadable"  # a batch the consumer cannot read; paused until skipped
+
+
+# Statuses whose in-memory state is good, so it is checkpointed on release and shutdown.
+PERSISTING = (Status.ACTIVE, Status.CHECKPOINT_FAILING, Status.UNREADABLE)
 
 
 @dataclass
@@ -110,6 +120,8 @@ class Partition:
     dlq_mark: int | None = None
     dlq_last: int | None = None
     dlq_sent: set[int] | None = None
+    unreadable: UnreadableBatch | None = None  # why it is UNREADABLE
+    unreadable_logged_at: float = 0.0
 
     def reset(self, status: Status) -> None:
         """Drop the in-memory state; it will be re-read from Redis."""
@@ -281,6 +293,7 @@ class Worker:
 
     def start(self) -> None:
         """Subscribe to the ticks topic; partitions are claimed inside the following polls."""
+        fetch_guard.guard(self.consumer)  # a batch it cannot read must not hang poll()
         self.consumer.subscribe([self.settings.ticks_topic], listener=_Listener(self))
         self._running = True
         log.info("worker started", extra={"event": "started", "topic": self.settings.ticks_topic})
@@ -300,6 +313,11 @@ class Worker:
         self._retry_paused()
         try:
             batch = self.consumer.poll(timeout_ms=self.poll_timeout_ms)
+        except UnreadableBatch as exc:  # recurs for that partition only: not a poll failure
+            with self._lock:
+                self._unreadable(exc)
+                self._update_gauges()
+            return
         except KafkaError as exc:
             self._poll_failures += 1
             self.metrics.dependency_errors.labels(dependency="kafka").inc()
@@ -334,7 +352,7 @@ class Worker:
         offsets = {}
         with self._lock:
             for tp, part in list(self.partitions.items()):
-                if part.status in (Status.ACTIVE, Status.CHECKPOINT_FAILING):
+                if part.status in PERSISTING:
                     persisted = self._checkpoint(part, commit=False)
                     ok = ok and persisted
                     if persisted and part.next_offset is not None:
@@ -383,8 +401,10 @@ class Worker:
                 self.metrics.rebalances.labels(event="revoked").inc()
                 with contextlib.suppress(KeyError):  # no lag reported for it yet
                     self.metrics.consumer_lag.remove(str(tp.partition))
-                if part.status in (Status.ACTIVE, Status.CHECKPOINT_FAILING):
+                if part.status in PERSISTING:
                     self._checkpoint(part, commit=commit)
+                with contextlib.suppress(KeyError):
+                    self.metrics.unreadable_partition.remove(str(tp.partition))
                 log.info(
                     "partition released",
                     extra={
@@ -416,6 +436,8 @@ class Worker:
             self.consumer.seek(tp, 0)  # out of range (retention) resets to earliest
         else:
             self.consumer.seek(tp, state.offset)
+        if tp in self.consumer.paused():  # it was UNREADABLE, and still assigned
+            self.consumer.resume(tp)
         log.info(
             "partition claimed",
             extra={
@@ -555,24 +577,37 @@ class Worker:
         self._out_partitions[symbol] = partition
         return partition
 
-    def _dead_letter(self, part: Partition, record: Any, reason: str, detail: str) -> None:
-        """Send the record to the DLQ, in the DLQ partition numbered like its own partition."""
+    def _dead_letter(
+        self,
+        part: Partition,
+        record: Any,
+        reason: str,
+        detail: str,
+        last_offset: int | None = None,
+    ) -> None:
+        """Send the record to the DLQ, in the DLQ partition numbered like its own partition.
+
+        `record` needs key, value, headers and offset (for a skipped batch: a Marker, and
+        `last_offset` ends the skipped range)."""
         self.metrics.dlq.labels(reason=reason).inc()
         if part.dlq_sent and record.offset in part.dlq_sent:
             return  # an earlier owner dead-lettered it after its last checkpoint
         tp = part.tp
         key, value = record.key, record.value
-        size = len(key or b"") + len(value or b"")
-        size += sum(len(name.encode()) + len(v) for name, v in record.headers or [])
+        own = codec.keepable_headers(record.headers)  # null values, non-UTF-8 names
+        size = len(key or b"") + len(value or b"") + codec.headers_size(own)
         if size > MAX_DEAD_LETTER_BYTES:
             # Kafka would refuse it (and the partition would rewind forever): keep the why
-            # and the where, drop the value.
+            # and the where, drop the value, and the record's own headers if still too big.
             detail = f"{detail}; value of {len(value or b'')} bytes not kept: too large"
             value = b""
+            if len(key or b"") + codec.headers_size(own) > MAX_DEAD_LETTER_BYTES:
+                detail = f"{detail}; its {len(record.headers)} headers not kept: too large"
+                own = []
         elif value is None and key is None:
             value = b""  # a record needs a key or a value; the reason header says "null"
-        headers = list(record.headers or []) + codec.dlq_headers(
-            reason, detail, tp.topic, tp.partition, record.offset
+        headers = own + codec.dlq_headers(
+            reason, detail, tp.topic, tp.partition, record.offset, last_offset
         )
         try:
             self.publisher.send(
@@ -837,6 +872,71 @@ class Worker:
                     # stale worker. Take the partition back from Redis.
                     self._claim(part)
 
+    # ------------------------------------------------------------------ unreadable batches
+    def _unreadable(self, exc: UnreadableBatch) -> None:
+        """A batch of a partition cannot be read: skip it if the operator allows, else
+        stop reading that partition (only) and say so until someone does."""
+        part = self.partitions.get(exc.tp)
+        if part is None or part.status is not Status.ACTIVE:
+            return  # not ours, or its records are dropped until a seek resumes it
+        if part.dlq_sent is None and not self._read_dead_letters(part):
+            return
+        if self.settings.skip_unreadable_batches and exc.last_offset is not None:
+            self._skip_batch(part, exc, exc.last_offset)
+            return
+        if not self._checkpoint(part):  # keep what was read before the batch
+            return
+        # KafkaConsumer.pause() is safe here, unlike in _pause: fetch_guard drained the
+        # partition's records in line, so the fetcher parks no parsed records for it.
+        self.consumer.pause(exc.tp)
+        part.status = Status.UNREADABLE
+        part.unreadable = exc
+        self.metrics.unreadable_partition.labels(partition=str(exc.tp.partition)).set(1)
+        self._log_unreadable(part)
+
+    def _log_unreadable(self, part: Partition) -> None:
+        exc = part.unreadable
+        if exc is None:
+            return
+        part.unreadable_logged_at = self.clock.monotonic()
+        log.error(
+            "partition cannot be read at this offset; it waits (set "
+            "TICKPROP_SKIP_UNREADABLE_BATCHES=true to skip the batch, or fix the cause)",
+            extra={
+                "event": "partition_unreadable",
+                "partition": exc.tp.partition,
+                "offset": exc.first_offset,
+                "last_offset": exc.last_offset,
+                "cause": exc.cause,
+                "error": exc.error,
+            },
+        )
+
+    def _skip_batch(self, part: Partition, exc: UnreadableBatch, last: int) -> None:
+        """Dead-letter a marker naming the unreadable offsets, then read on after them."""
+        first = max(exc.first_offset, part.next_offset or 0)
+        if last >= first:
+            detail = (
+                f"offsets {first}..{last} of {exc.tp.topic}[{exc.tp.partition}] skipped "
+                f"unread ({exc.cause}): {exc.error}"
+            )
+            self._dead_letter(part, Marker(first), codec.UNREADABLE_BATCH, detail, last)
+            self.metrics.skipped_records.inc(last - first + 1)
+            log.warning(
+                "unreadable batch skipped",
+                extra={
+                    "event": "batch_skipped",
+                    "partition": exc.tp.partition,
+                    "offset": first,
+                    "last_offset": last,
+                    "cause": exc.cause,
+                    "error": exc.error,
+                },
+            )
+            part.ticks_since_checkpoint += 1  # the checkpoint keeps the skip
+        part.next_offset = max(last + 1, part.next_offset or 0)
+        self.consumer.seek(exc.tp, part.next_offset)
+
     # ------------------------------------------------------------------ gauges
     def _all_active(self) -> bool:
         return all(p.status is Status.ACTIVE for p in self.partitions.values())
@@ -875,6 +975,10 @@ class Worker:
                     extra={"event": "kafka_silent"},
                 )
         for part in self.partitions.values():
+            if part.status is Status.UNREADABLE and now - part.unreadable_logged_at >= (
+                UNREADABLE_LOG_SECONDS
+            ):
+                self._log_unreadable(part)
             lag = self.lag(part)
             if lag is not None:
                 m.consumer_lag.labels(partition=str(part.tp.partition)).set(lag)
@@ -894,6 +998,16 @@ class Worker:
             return False
         with self._lock:
             return self._all_active() and all(self.lag(p) == 0 for p in self.partitions.values())
+
+
+@dataclass(frozen=True)
+class Marker:
+    """The record a skipped batch is dead-lettered as: no key, no value, no headers."""
+
+    offset: int
+    key: None = None
+    value: None = None
+    headers: tuple[()] = ()
 
 
 def _backoff(attempt: int) -> float:

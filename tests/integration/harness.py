@@ -128,7 +128,8 @@ def on_broker(bootstrap: str, topic: str) -> Produced:
     out = Produced()
     records = sorted(read_topic(bootstrap, topic), key=lambda r: (r.partition, r.offset))
     for r in records:
-        out.records.append((r.key, r.value, [(k, bytes(v)) for k, v in r.headers or []]))
+        headers = [(k, None if v is None else bytes(v)) for k, v in r.headers or []]
+        out.records.append((r.key, r.value, headers))
         out.positions.append((r.partition, r.offset))
     return out
 
@@ -174,6 +175,25 @@ def valid_positions(produced: Produced, max_bytes: int = DEFAULT_MAX_BYTES) -> l
             last_ts[tick.symbol] = tick.ts_ms
             out.append(i)
     return out
+
+
+def expected_dead_letters(
+    produced: Produced, max_bytes: int = DEFAULT_MAX_BYTES
+) -> dict[tuple[int, int], str]:
+    """(partition, offset) -> reason for every record the worker must dead-letter."""
+    valid = set(valid_positions(produced, max_bytes))
+    expected = {}
+    for i, ((key, value, _), position) in enumerate(
+        zip(produced.records, produced.positions, strict=True)
+    ):
+        if i in valid:
+            continue
+        try:
+            as_tick(key, value, max_bytes)
+            expected[position] = "late"
+        except InvalidTick as exc:
+            expected[position] = exc.reason
+    return expected
 
 
 def write_valid_csv(produced: Produced, path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> int:

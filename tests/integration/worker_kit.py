@@ -24,6 +24,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from model.learner import LearnerConfig, OnlineLearner
 from service.codec import InvalidTick, decode_tick
 from service.embedded import create_topics
+from service.fetch_guard import guard
 from service.inspect import summarise
 from service.store import Store, connect
 
@@ -130,6 +131,7 @@ def read_topic(bootstrap: str, topic: str, idle_ms: int = 1500) -> list[Any]:
         enable_auto_commit=False,
         consumer_timeout_ms=idle_ms,
     )
+    guard(consumer)  # header names that are not UTF-8 are read, not a hang
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
         consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
