@@ -19,8 +19,11 @@ def test_a_symbol_in_two_partitions_is_reported_not_hidden(broker: str, redis_ur
         learner = OnlineLearner("ES", LearnerConfig())
         for i in range(n_ticks):
             learner.on_tick(1_704_205_800_000 + i, 100.0 + (i % 7))
-        epoch = store.claim(names.ticks, partition).epoch
-        store.checkpoint(names.ticks, partition, epoch, n_ticks, {"ES": learner.to_bytes()})
+        claim = store.claim(names.ticks, partition)
+        blobs = {"ES": learner.to_bytes()}
+        store.checkpoint(
+            names.ticks, partition, claim.epoch, n_ticks, blobs, stored_offset=claim.offset
+        )
         hashes[f"{names.ticks}/{partition}"] = learner.weights_sha256()
     done = subprocess.run(
         [sys.executable, "-m", "service.cli", "inspect"],

@@ -41,8 +41,11 @@ from service import codec
 
 PARTITIONS = 6
 PREDICTION_FIELDS = {
-    "id", "symbol", "ts", "horizon", "p_up", "direction", "model_version", "features_ready"
+    "id", "symbol", "ts", "horizon", "p_up", "direction", "model_version", "features_ready",
+    "forecasts",
 }  # fmt: skip
+FORECAST_FIELDS = {"horizon", "p_up", "direction", "model_version"}
+HORIZONS = [1, 5, 20]  # the default TICKPROP_HORIZONS, in order
 # Headers Kafka allows, on valid and invalid ticks alike.
 ODD_HEADERS: list[list[tuple[str, bytes | None]]] = [
     [("trace", None)],
@@ -140,11 +143,15 @@ def test_every_valid_tick_gets_one_prediction_with_every_field_right(run: dict[s
         assert topic == names.ticks
         assert msg.key() == tick.symbol.encode() == body["symbol"].encode()
         assert body["ts"] == tick.ts_ms
-        assert body["horizon"] == 1
-        assert type(body["p_up"]) is float and 0.0 <= body["p_up"] <= 1.0
-        assert body["direction"] == ("up" if body["p_up"] >= 0.5 else "down")
-        assert type(body["model_version"]) is int and body["model_version"] >= 0
         assert type(body["features_ready"]) is bool
+        forecasts = body["forecasts"]
+        assert [f["horizon"] for f in forecasts] == HORIZONS
+        for f in forecasts:
+            assert set(f) == FORECAST_FIELDS
+            assert type(f["p_up"]) is float and 0.0 <= f["p_up"] <= 1.0
+            assert f["direction"] == ("up" if f["p_up"] >= 0.5 else "down")
+            assert type(f["model_version"]) is int and f["model_version"] >= 0
+        assert {k: body[k] for k in FORECAST_FIELDS} == forecasts[0]  # the first, repeated
     expected = {f"{names.ticks}/{p}/{o}" for p, o in run["valid"]}
     assert set(seen) == expected
     assert all(n == 1 for n in seen.values()), "one prediction per tick"
@@ -184,7 +191,8 @@ def test_every_other_record_is_dead_lettered_once_with_its_reason_and_headers(
 def test_state_equals_the_backtest_and_sigterm_exits_0(run: dict[str, Any]) -> None:
     worker: WorkerProcess = run["worker"]
     assert run["code"] == 0, worker.tail()
-    assert not [e for e in worker.events() if e.get("level") in ("ERROR", "CRITICAL")]
+    errors = [e for e in worker.events() if e.get("level") in ("ERROR", "CRITICAL")]
+    assert not errors, errors[:5]
     assert not worker.events("partition_unreadable")
     tmp: Path = run["tmp"]
     assert inspect_symbols(run["env"]) == backtest_symbols(run["held"], tmp, run["env"])

@@ -65,7 +65,9 @@ def test_report_has_the_design_fields_and_counts_skipped_rows(
 def walk_csv(path: Path, n: int = 400) -> Path:
     rng = np.random.default_rng(5)
     prices = 100 + 0.25 * np.cumsum(rng.choice([-1, 0, 0, 1], n))
-    path.write_text("ts,symbol,price\n" + "".join(f"{i},W,{p}\n" for i, p in enumerate(prices)))
+    t0 = 1_704_067_200_000  # epoch ms
+    rows = "".join(f"{t0 + i},W,{p}\n" for i, p in enumerate(prices))
+    path.write_text("ts,symbol,price\n" + rows)
     return path
 
 
