@@ -190,6 +190,8 @@ def _ts_ms(value: Any) -> int:
     if isinstance(value, bool):
         raise InvalidTick(BAD_TS, "ts is a boolean")
     if isinstance(value, float):
+        if 0 <= value < MIN_TS_MS:  # 1704205800.123: seconds with a fraction
+            raise _looks_like_seconds(value)
         if not (math.isfinite(value) and value.is_integer()):
             raise InvalidTick(BAD_TS, f"ts {value!r} is not a whole number of milliseconds")
         value = int(value)
@@ -198,14 +200,18 @@ def _ts_ms(value: Any) -> int:
     if not isinstance(value, int):
         raise InvalidTick(BAD_TS, f"ts is {type(value).__name__}, expected epoch ms or ISO-8601")
     if 0 <= value < MIN_TS_MS:
-        raise InvalidTick(
-            BAD_TS,
-            f"ts {value} is below 10^11 (before 1973-03-03 in epoch ms): it looks like "
-            "epoch seconds; ts must be epoch milliseconds",
-        )
+        raise _looks_like_seconds(value)
     if not MIN_TS_MS <= value <= MAX_TS_MS:
         raise InvalidTick(BAD_TS, f"ts {_clip(repr(value))} outside {MIN_TS_MS}..{MAX_TS_MS}")
     return value
+
+
+def _looks_like_seconds(value: float) -> InvalidTick:
+    return InvalidTick(
+        BAD_TS,
+        f"ts {value!r} is below 10^11 (before 1973-03-03 in epoch ms): it looks like "
+        "epoch seconds; ts must be epoch milliseconds",
+    )
 
 
 def _parse_ts_text(text: str) -> int:

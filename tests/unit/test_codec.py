@@ -62,7 +62,9 @@ def test_iso_timestamps_become_epoch_ms():
     assert decode_tick(b"SPX", body(ts=1704205800123.0)).ts_ms == 1704205800123
 
 
-@pytest.mark.parametrize("ts", [1704205800, "1704205800", 1704205800.0, 0, 10**11 - 1])
+@pytest.mark.parametrize(
+    "ts", [1704205800, "1704205800", 1704205800.0, 1704205800.123, 0, 10**11 - 1]
+)
 def test_a_ts_in_seconds_is_bad_ts_and_says_so(ts):
     with pytest.raises(InvalidTick) as info:
         decode_tick(b"SPX", body(ts=ts))
