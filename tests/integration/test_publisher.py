@@ -75,13 +75,18 @@ def test_records_arrive_in_order_with_keys_values_and_headers(broker, publisher)
 def test_a_record_the_producer_refuses_is_a_failure_of_its_tag_only(broker, publisher) -> None:
     topic = Names.fresh().predictions
     produce(broker, topic, [], partitions=1)
-    publisher.send(topic, b"k", b"before", None, 0, tag=1)
+    publisher.send(topic, b"k", b"before", [("null", None)], 0, tag=1)
     publisher.send(topic, None, None, None, 0, tag=2)  # kafka-python: key or value needed
+    not_utf8 = b"\xffname".decode("utf-8", "surrogateescape")
+    publisher.send(topic, b"k", b"raw name", [(not_utf8, b"v")], 0, tag=4)  # it refuses too
     publisher.send(topic, b"k", b"after", None, 0, tag=3)
     publisher.flush(timeout=10)
     failures = publisher.take_failures()
-    assert list(failures) == [2] and "ValueError" in failures[2]
-    assert [r.value for r in read_topic(broker, topic)] == [b"before", b"after"]
+    assert sorted(failures) == [2, 4] and "ValueError" in failures[2]
+    assert "UnicodeEncodeError" in failures[4]
+    got = read_topic(broker, topic)
+    assert [r.value for r in got] == [b"before", b"after"]
+    assert got[0].headers == [("null", b"")]  # the pipe carried the null; sent empty
 
 
 def test_offsets_of_want_offset_records_are_reported_per_tag(broker, publisher) -> None:
