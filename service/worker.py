@@ -294,6 +294,8 @@ class Worker:
     def start(self) -> None:
         """Subscribe to the ticks topic; partitions are claimed inside the following polls."""
         fetch_guard.guard(self.consumer)  # a batch it cannot read must not hang poll()
+        if self.dlq_reader is not None:
+            fetch_guard.guard(self.dlq_reader)
         self.consumer.subscribe([self.settings.ticks_topic], listener=_Listener(self))
         self._running = True
         log.info("worker started", extra={"event": "started", "topic": self.settings.ticks_topic})
