@@ -60,12 +60,15 @@ class LearnerConfig:
     window: int = 16  # non-zero moves the features look back over (TICKPROP_WINDOW)
     horizons: tuple[int, ...] = (1, 5, 20)  # ticks ahead, one network each (TICKPROP_HORIZONS)
     hidden: tuple[int, ...] = (32,)  # hidden layer sizes (TICKPROP_HIDDEN)
-    learning_rate: float = 0.005  # SGD step (TICKPROP_LEARNING_RATE)
+    learning_rate: float = 0.01  # SGD step of the 1-tick horizon (TICKPROP_LEARNING_RATE)
     seed: int = 7  # with the symbol, fixes the initial weights (TICKPROP_SEED)
     dead_band: float = 0.0  # relative move a label must exceed: |p_h/p_0 - 1| > dead_band
     l2: float = 0.0  # L2 weight decay of the SGD step
     momentum: float = 0.0  # SGD momentum
     activation: str = "tanh"  # hidden units; the output is a sigmoid with log loss
+    # Horizon h learns at learning_rate · h^-lr_power: its consecutive labels overlap in
+    # h - 1 of their h ticks, so unscaled steps would count the same evidence ~h times.
+    lr_power: float = 0.5
 
     def __post_init__(self) -> None:
         if self.window < 2:
@@ -190,7 +193,7 @@ def build_network(symbol: str, config: LearnerConfig, horizon: int) -> Network:
         sizes=sizes,
         activations=[config.activation] * len(config.hidden) + ["sigmoid"],
         loss="log",
-        learning_rate=config.learning_rate,
+        learning_rate=horizon_learning_rate(config, horizon),
         momentum=config.momentum,
         l2=config.l2,
         seed=horizon_seed(config.seed, symbol, horizon),
@@ -199,6 +202,15 @@ def build_network(symbol: str, config: LearnerConfig, horizon: int) -> Network:
     weights[-1][:] = 0.0
     net.set_parameters(weights, [b.copy() for b in net.biases])
     return net
+
+
+def horizon_learning_rate(config: LearnerConfig, horizon: int) -> float:
+    """The SGD step of horizon h's network: learning_rate · h^-lr_power."""
+    return (
+        config.learning_rate * horizon**-config.lr_power
+        if config.lr_power
+        else config.learning_rate
+    )
 
 
 def _log_loss(p_up: float, label: int) -> float:

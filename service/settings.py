@@ -184,7 +184,7 @@ class Settings(BaseSettings):
         gt=0,
         le=10,
         allow_inf_nan=False,
-        description="SGD step size of the online learner.",
+        description="SGD step of the 1-tick horizon; horizon h steps at this / sqrt(h).",
     )
     seed: int = Field(
         default_factory=lambda: _learner_default("seed"),

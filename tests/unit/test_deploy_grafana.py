@@ -88,7 +88,17 @@ def test_dashboard_shows(dashboard: dict[str, Any], needed: str) -> None:
 
 
 def test_worker_variable_filters_every_tickprop_query(dashboard: dict[str, Any]) -> None:
-    (variable,) = dashboard["templating"]["list"]
+    variable, horizon = dashboard["templating"]["list"]
     assert variable["name"] == "instance" and variable["includeAll"]
     for expr in expressions(dashboard):
         assert 'instance=~"$instance"' in expr, expr
+
+
+def test_horizon_variable_splits_every_model_quality_query(dashboard: dict[str, Any]) -> None:
+    horizon = dashboard["templating"]["list"][1]
+    assert horizon["name"] == "horizon" and horizon["includeAll"] and horizon["multi"]
+    assert "label_values(tickprop_prequential_accuracy" in horizon["query"]["query"]
+    quality = [e for e in expressions(dashboard) if "tickprop_prequential" in e]
+    assert len(quality) == 3
+    for expr in quality:
+        assert expr.count('horizon=~"$horizon"') == expr.count("tickprop_prequential"), expr
