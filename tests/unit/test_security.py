@@ -27,7 +27,7 @@ from service.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = sorted([*ROOT.glob("model/**/*.py"), *ROOT.glob("service/**/*.py")])
-LEARN = {"window": 16, "horizon": 1, "hidden": "32", "learning_rate": 0.05, "seed": 7}
+LEARN = {"window": 16, "horizons": "1", "hidden": "32", "learning_rate": 0.05, "seed": 7}
 
 FORBIDDEN_MODULES = {"pickle", "cPickle", "dill", "marshal", "shelve", "cloudpickle", "joblib"}
 FORBIDDEN_CALLS = {"eval", "exec", "compile", "__import__", "os.system", "os.popen"}
