@@ -91,3 +91,37 @@ def test_without_its_library_the_compressed_batch_is_named_and_skippable(
     ]
     assert codec in errors[0].error
     assert [r.offset for r in records] == [*range(BATCH), *range(2 * BATCH, 3 * BATCH)]
+
+
+def test_read_committed_reads_committed_transactions_and_this_broker_filters_no_aborted_ones(
+    broker: str,
+) -> None:
+    """The worker's consumer setting against the embedded broker, as docs/reliability.md
+    says: records of committed transactions arrive (control batches are not records), and
+    Tansu hands out aborted ones too — Apache Kafka would not. If this test fails on a
+    later broker, that broker filters aborted records: update the docs."""
+    from confluent_kafka import Producer
+
+    topic = Names.fresh().ticks
+    rdkafka_produce(broker, topic, [], partitions=1)  # creates the topic
+    producer = Producer({"bootstrap.servers": broker, "transactional.id": f"tx-{topic}"})
+    producer.init_transactions(10)
+    for outcome in ("committed", "aborted", "committed"):
+        producer.begin_transaction()
+        producer.produce(topic, key=b"ES", value=outcome.encode(), partition=0)
+        producer.flush(10)
+        if outcome == "committed":
+            producer.commit_transaction(10)
+        else:
+            producer.abort_transaction(10)
+    consumer = KafkaConsumer(
+        bootstrap_servers=broker, auto_offset_reset="earliest", enable_auto_commit=False,
+        isolation_level="read_committed", consumer_timeout_ms=2000,
+    )  # fmt: skip
+    guard(consumer)
+    consumer.assign([TopicPartition(topic, 0)])
+    try:
+        values = [r.value for r in consumer]
+    finally:
+        consumer.close()
+    assert values == [b"committed", b"aborted", b"committed"]

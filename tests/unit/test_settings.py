@@ -121,6 +121,7 @@ def test_kafka_security_settings_reach_the_client_kwargs(tmp_path):
     consumer = s.kafka_consumer_kwargs()
     assert consumer["enable_auto_commit"] is False
     assert consumer["group_id"] == "tickprop"
+    assert consumer["isolation_level"] == "read_committed"  # never learn from aborted ticks
     assert Settings(**LEARN).kafka_client_kwargs() == {
         "bootstrap_servers": ["127.0.0.1:9092"],
         "security_protocol": "PLAINTEXT",
