@@ -354,7 +354,7 @@ class OnlineLearner:
         self._up_lo = 1.0 + config.dead_band
         self._down_hi = 1.0 - config.dead_band
         self._rows = [0] * k  # ring slot of each horizon's stored input, this tick
-        self._targets = np.zeros(k)
+        self._targets = [0.0] * k
 
     # ------------------------------------------------------------- properties
     @property
@@ -430,7 +430,7 @@ class OnlineLearner:
             k = hz.index
             stepping.append(k)
             self._rows[k] = then
-            self._targets[k] = label
+            self._targets[k] = float(label)
         slot = n % ring
         if stepping:  # the stored inputs leave the ring before this tick's x may overwrite one
             self.pending_x.take(self._rows, axis=0, out=self.nets.X_body, mode="clip")

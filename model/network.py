@@ -145,6 +145,11 @@ class Network:
         self._fan_in = [n + 1 for n in sizes[:-1]]  # |z_j| <= (n + 1)·max|W|·max|a|
         self._fan_out = sizes[1:]  # |g_i| <= n_{l+1}·max|W|·max|g|·max|f'|
         self._fgrad_fn = [act.grad for act in self.activations]
+        # Every hidden layer within ±1 (and a scalar output): `_next_bounds` applies.
+        self._all_bounded = self._scalar_out and len(sizes) > 2 and all(self._bounded[:-1])
+        self._g_scale = [0.0] + [
+            self._fan_out[l] * self._fgrad_max[l - 1] for l in range(1, len(sizes) - 1)
+        ]
         hidden = self.activations[0]
         self._one_hidden_fast = (
             len(sizes) == 3 and sizes[-1] == 1 and hidden.name in ("sigmoid", "tanh")
@@ -333,15 +338,45 @@ class Network:
                 np.matmul(self._w_body[l], g[l], out=g[l - 1])
                 np.multiply(g[l - 1], fgrad[l - 1](a_body[l], self._fgrad[l - 1]), out=g[l - 1])
         c = -self.learning_rate * delta
-        bounds = self._scalar_step_bounds(abs(c), math.sqrt(xx))
-        bound = self._bound
-        if max(bound) + max(bounds) < _SAFE:
-            self._blas_update(c, self._wb_t)
-            for l in range(last + 1):
-                bound[l] += bounds[l]
-            return loss
+        if self._all_bounded:
+            new = self._next_bounds(abs(c), math.sqrt(xx))
+            if new is not None:
+                self._blas_update(c, self._wb_t)
+                self._bound = new
+                return loss
+        else:
+            bounds = self._scalar_step_bounds(abs(c), math.sqrt(xx))
+            bound = self._bound
+            if max(bound) + max(bounds) < _SAFE:
+                self._blas_update(c, self._wb_t)
+                for l in range(last + 1):
+                    bound[l] += bounds[l]
+                return loss
         self._checked_blas_update(c)
         return loss
+
+    def _next_bounds(self, abs_c: float, x_norm: float) -> list[float] | None:
+        """`_scalar_step_bounds` added to the weight bounds, for hidden layers that are all
+        sigmoid or tanh (|a| <= 1, so only x's norm and the weight bounds matter); None
+        when a new bound could reach _SAFE (then the checked path runs)."""
+        bound, last = self._bound, len(self._bound) - 1
+        new = bound.copy()
+        b = bound[last] + abs_c  # |a[last]| <= 1, the bias included
+        if not b < _SAFE:
+            return None
+        new[last] = b
+        g_max = self._fgrad_max[last - 1] * bound[last]
+        for l in range(last - 1, 0, -1):
+            b = bound[l] + abs_c * g_max
+            if not b < _SAFE:
+                return None
+            new[l] = b
+            g_max *= self._g_scale[l] * bound[l]
+        b = bound[0] + abs_c * x_norm * g_max
+        if not b < _SAFE:  # False for NaN too
+            return None
+        new[0] = b
+        return new
 
     def _checked_blas_update(self, c: float) -> None:
         """A step that might overflow: the same BLAS calls on copies, committed if all finite."""

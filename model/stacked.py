@@ -21,16 +21,22 @@ any of network k's weights non-finite is refused for network k alone.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.special import expit
 
 from model.activations import Array, get_activation
 from model.network import Network
 
 # Below this, a bound proves a step cannot overflow (as in model.network).
 _SAFE = 1e150
+
+
+def _sigmoid(z: float) -> float:
+    """1 / (1 + e^-z) in scalar maths, stable for any z (as `Network`'s output unit)."""
+    e = math.exp(-abs(z))  # in (0, 1]: never overflows
+    return 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
 
 
 class _Pass:
@@ -110,11 +116,8 @@ class StackedNetworks:
         self._g_row = [g[:, None, :] for g in self._g]
         self._g_col = [g[:, :, None] for g in self._g]
         self._fg = [np.zeros((k, n)) for n in sizes[1:-1]]  # f'(z) scratch
-        self._y = np.zeros(2 * k)
-        self._y_learn = self._y[:k]
         self._c = np.zeros(k)
         self._c_col = self._c[:, None]
-        self._rate = np.zeros(k)
         self._step = [np.zeros_like(w) for w in self.wb]
         self._step_out = self._step[last][:, :, 0]
         self._trial = [np.zeros_like(w) for w in self.wb]
@@ -143,13 +146,13 @@ class StackedNetworks:
     def predict(self, x: Array) -> list[float]:
         """p_up of each of the K networks for one input x of shape (n_0,)."""
         np.copyto(self._x_body, x)
-        return expit(self._forward(self._predict_pass)).tolist()
+        return [_sigmoid(z) for z in self._forward(self._predict_pass).tolist()]
 
     # ------------------------------------------------------------------ learn
     def learn(
         self,
         stepping: list[int],
-        targets: Array,
+        targets: Sequence[float],
         x_max: float | None = None,
         x: Array | None = None,
     ) -> tuple[list[int], list[float] | None]:
@@ -170,17 +173,14 @@ class StackedNetworks:
             return [], (None if x is None else self.predict(x))
         if x is not None:
             np.copyto(self._x2_body, x)  # broadcast to every network's row
-        rate, lrs = self._rate, self.learning_rates
-        rate[:] = 0.0
-        for k in stepping:
-            rate[k] = lrs[k]
-        lp, g, last = self._learn_pass, self._g, self._last
-        a = lp.learn_a
-        y, c, c_col = self._y_learn, self._c, self._c_col
-        expit(self._forward(lp), out=self._y)
-        predictions = self._y[self.k :].tolist() if x is not None else None
-        np.subtract(targets, y, out=c)  # -dL/dz_out of log loss on a sigmoid output
-        np.multiply(c, rate, out=c)  # c = -lr·delta, 0 where no step
+        lp, g, last, lrs, k = self._learn_pass, self._g, self._last, self.learning_rates, self.k
+        a, c_col = lp.learn_a, self._c_col
+        z = self._forward(lp).tolist()  # K learning rows, then K prediction rows
+        c = [0.0] * k  # c = -lr·dL/dz_out = lr·(t − y) for log loss on a sigmoid; 0: no step
+        for i in stepping:
+            c[i] = lrs[i] * (targets[i] - _sigmoid(z[i]))
+        self._c[:] = c
+        predictions = [_sigmoid(v) for v in z[k:]] if x is not None else None
         if last:  # hidden deltas over the output's, from the top hidden layer down
             self._fgrad[last - 1](lp.learn_a_body[last - 1], g[last - 1])
             np.multiply(g[last - 1], self._w_out_body, out=g[last - 1])
@@ -197,7 +197,9 @@ class StackedNetworks:
             rmax = max(lrs[k] for k in stepping)
             if self._fast_apply(rmax, x_max):
                 return self._count(stepping, []), predictions
-        elif self.momentum or self.l2:
+        rate = np.zeros(k)
+        rate[stepping] = [lrs[i] for i in stepping]
+        if self.momentum or self.l2:
             self._regularise(rate)
         return self._count(stepping, self._checked_apply(rate)), predictions
 

@@ -122,6 +122,24 @@ class Tally:
     hits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MODELS, 0))
     loss: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PROBABILISTIC, 0.0))
 
+    def add(self, score: Score) -> None:
+        """Count one scored prediction (the fields of `Score.direction` and `Score.p_up`,
+        read directly: this runs for every scored prediction)."""
+        label, p, base = score.label, score.p_net, score.p_base
+        self.scored += 1
+        hits = self.hits
+        if (p >= 0.5) == label:
+            hits["ffbpn"] += 1
+        if (base >= 0.5) == label:
+            hits["base_rate"] += 1
+        if score.persist == label:
+            hits["persistence"] += 1
+        else:
+            hits["reversal"] += 1
+        loss = self.loss
+        loss["ffbpn"] -= math.log(max(p if label else 1.0 - p, P_CLIP))
+        loss["base_rate"] -= math.log(max(base if label else 1.0 - base, P_CLIP))
+
     def accuracy(self, model: str) -> float | None:
         return self.hits[model] / self.scored if self.scored else None
 
@@ -199,15 +217,8 @@ class Backtest:
             return
         total, mine = self.total, self.per_symbol[symbol]
         for score in result.scores:
-            label = score.label
-            for tally in (total[score.horizon], mine[score.horizon]):
-                tally.scored += 1
-                hits = tally.hits
-                for model, direction in score.direction.items():
-                    if direction == label:
-                        hits[model] += 1
-                for model, p in score.p_up.items():
-                    tally.loss[model] -= math.log(max(p if label else 1.0 - p, P_CLIP))
+            total[score.horizon].add(score)
+            mine[score.horizon].add(score)
             if trace is not None:
                 trace.add(score)
 

@@ -155,9 +155,7 @@ def _serve(settings: Any, max_idle_seconds: float | None, startup_timeout: float
         client.close()
 
 
-def arm_exit_deadline(
-    seconds: float, exit: Callable[[int], Any] = os._exit
-) -> threading.Timer:
+def arm_exit_deadline(seconds: float, exit: Callable[[int], Any] = os._exit) -> threading.Timer:
     """End the process with EXIT_FORCED in `seconds` unless it has exited by then.
 
     A daemon timer thread: it runs while the main thread is blocked in a call or spinning

@@ -187,3 +187,26 @@ def test_console_script_help_and_run_in_a_fresh_process(small_csv: Path, tmp_pat
     assert "ffbpn" in done.stdout and "reversal" in done.stdout
     assert "ticks/s" in done.stderr  # --progress forces the bar on a pipe
     assert json.loads(out.read_text())["ticks"] == 9
+
+
+def test_tally_counts_what_score_direction_and_p_up_say() -> None:
+    """Tally.add reads Score's fields directly; it must agree with Score's own views."""
+    import math
+    import random
+
+    from model.learner import Score
+    from service.backtest import P_CLIP, Tally
+
+    rng = random.Random(1)
+    fast, slow = Tally(), Tally()
+    for _ in range(500):
+        p = rng.choice([0.0, 0.5, 1.0, rng.random()])
+        score = Score(5, rng.randint(0, 1), p, rng.random(), rng.randint(0, 1), p)
+        fast.add(score)
+        slow.scored += 1
+        for model, d in score.direction.items():
+            slow.hits[model] += d == score.label
+        for model, q in score.p_up.items():
+            slow.loss[model] -= math.log(max(q if score.label else 1 - q, P_CLIP))
+    assert fast.hits == slow.hits and fast.scored == slow.scored
+    assert fast.loss == slow.loss

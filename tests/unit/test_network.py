@@ -291,12 +291,13 @@ def test_non_finite_input_is_refused_on_every_path(bad, sizes):
     assert net.refused_updates == 2
 
 
-def test_huge_but_finite_weights_take_the_checked_path_with_the_same_bits():
+@pytest.mark.parametrize("sizes", [[3, 4, 1], [3, 4, 4, 1], [3, 5, 4, 3, 1]])
+def test_huge_but_finite_weights_take_the_checked_path_with_the_same_bits(sizes):
     """Near float64's edge the step is computed aside; where it is finite it is applied,
     bit for bit as the in-place step would have been."""
-    a = Network([3, 4, 1], "sigmoid", "log", learning_rate=0.1, seed=5)
+    a = Network(sizes, "sigmoid", "log", learning_rate=0.1, seed=5)
     b = Network.from_bytes(a.to_bytes())
-    b._bound = [1e200, 1e200]  # pretend the weights might be huge: forces the checked path
+    b._bound = [1e200] * (len(sizes) - 1)  # pretend the weights might be huge: checked path
     x = np.array([0.2, -0.4, 1.0])
     for t in (1.0, 0.0, 1.0):
         a.learn_one(x, t)
