@@ -330,8 +330,12 @@ class EmbeddedRedisCluster:
 
     @property
     def url(self) -> str:
-        """redis:// URL of the first node (a cluster client finds the others from it)."""
-        return self.nodes[0].url
+        """redis:// URL of the first live node (a cluster client finds the others from it).
+
+        A cluster client needs one reachable node to start: after a node was killed, ask
+        again (in production, name a DNS name that resolves to every node).
+        """
+        return next(node for node in self.nodes if node.running()).url
 
     def start(self) -> Self:
         try:

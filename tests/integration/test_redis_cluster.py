@@ -104,17 +104,25 @@ def test_worker_spreads_state_over_every_master_and_a_failover_losing_checkpoint
         killed_at = time.monotonic()
         cluster.wait_promoted(heir)
         print(f"replica promoted {time.monotonic() - killed_at:.1f} s after the SIGKILL")
+        # The running worker knows every node; a client started now needs a live one.
+        env["TICKPROP_REDIS_URL"] = cluster.url
         back = stored_offsets(cluster.url, names.group, cluster=True)[ES_PARTITION]
         assert back < lost_at  # the failover lost checkpoints
 
         produced = stream.finish()
-        wait_until(
-            lambda: (
-                stored_offsets(cluster.url, names.group, cluster=True) == produced.end_offsets()
-            ),
-            timeout=120,
-            what="the whole stream checkpointed after the failover",
-        )
+        try:
+            wait_until(
+                lambda: (
+                    stored_offsets(cluster.url, names.group, cluster=True) == produced.end_offsets()
+                ),
+                timeout=120,
+                what="the whole stream checkpointed after the failover",
+            )
+        except AssertionError as exc:
+            stored = stored_offsets(cluster.url, names.group, cluster=True)
+            raise AssertionError(
+                f"{exc}: stored {stored}, produced {produced.end_offsets()}\n{worker.tail(40)}"
+            ) from None
         assert worker.terminate() == 0, worker.tail()
     finally:
         if worker.process.poll() is None:
