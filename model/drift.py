@@ -18,10 +18,10 @@ per update against ADWIN).
 alarm and the state of the response (`RESPONSES`):
 
 - ``none``: count the alarm, change nothing;
-- ``reset``: the learner puts that horizon's network back to its initial weights (its
-  step count, hence model_version, keeps counting);
+- ``reset``: the learner puts that horizon's network back to its initial weights and
+  clears its momentum (its step count, hence model_version, keeps counting);
 - ``boost``: the learner multiplies that horizon's learning rate by `BOOST_FACTOR` for
-  the next `BOOST_STEPS` backprop steps, then restores it.
+  its next `BOOST_STEPS` backprop steps.
 
 All state is a small float64 vector (`state` / `from_state`, exact), so a restored
 learner raises the same alarms at the same ticks as one that never stopped.
@@ -30,11 +30,8 @@ learner raises the same alarms at the same ticks as one that never stopped.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
-
-from model.network import Network
 
 RESPONSES = ("none", "reset", "boost")
 BOOST_FACTOR = 4.0
@@ -114,37 +111,31 @@ class DriftMonitor:
         self.last_alarm_tick: int | None = None
         self.boost_left = 0
 
-    def observe(
-        self, loss: float, tick: int, network: Network, initial: Callable[[], Network]
-    ) -> bool:
-        """Feed one scored prediction's loss, resolved at `tick`; True on an alarm.
+    def observe(self, loss: float, tick: int) -> bool:
+        """Feed one scored prediction's loss, resolved at the symbol's tick `tick`.
 
-        On an alarm the response acts on `network` (the horizon's, before its step on
-        this label): ``reset`` loads the weights of `initial()` (momentum cleared, step
-        count kept), ``boost`` multiplies its learning rate by BOOST_FACTOR (`stepped`
-        restores it after BOOST_STEPS steps; a boost during a boost only re-arms it).
+        True on an alarm; the learner then acts on the response: for ``reset`` it puts
+        the horizon's network back to its initial weights; for ``boost`` this monitor
+        arms BOOST_STEPS boosted steps (a boost during a boost only re-arms it), which
+        the learner reads through `rate_factor` and spends through `stepped`.
         """
         if not self.detector.update(loss):
             return False
         self.alarms += 1
         self.last_alarm_tick = tick
-        if self.response == "reset":
-            fresh = initial()
-            network.set_parameters(fresh.weights, fresh.biases)
-            for v in network.velocity:
-                v[:] = 0.0
-        elif self.response == "boost":
-            if not self.boost_left:
-                network.learning_rate *= BOOST_FACTOR
+        if self.response == "boost":
             self.boost_left = BOOST_STEPS
         return True
 
-    def stepped(self, network: Network, base_learning_rate: float) -> None:
-        """Count one backprop step of `network`; ends a boost when its steps are spent."""
+    @property
+    def rate_factor(self) -> float:
+        """What the horizon's learning rate is multiplied by for its next step."""
+        return BOOST_FACTOR if self.boost_left else 1.0
+
+    def stepped(self) -> None:
+        """Count one backprop step of the horizon's network (spends a boost)."""
         if self.boost_left:
             self.boost_left -= 1
-            if not self.boost_left:
-                network.learning_rate = base_learning_rate
 
     def as_dict(self) -> dict[str, int | str | None]:
         """The drift object of the query API for this horizon."""

@@ -80,16 +80,31 @@ class Scorecard:
         p_net, p_base: p_up of the network and of the base rate; persist: persistence's
         call (1 up, 0 down; reversal calls the opposite).
         """
-        hit_net = 1.0 if (p_net >= 0.5) == (label == 1) else 0.0
-        hit_base = 1.0 if (p_base >= 0.5) == (label == 1) else 0.0
+        up = label == 1
+        hit_net = 1.0 if (p_net >= 0.5) == up else 0.0
+        hit_base = 1.0 if (p_base >= 0.5) == up else 0.0
         hit_persist = 1.0 if persist == label else 0.0
         e_net, e_base = p_net - label, p_base - label
-        x = (1.0, hit_net, hit_base, hit_persist, e_net * e_net, e_base * e_base,
-             log_loss(p_net, label), log_loss(p_base, label))  # fmt: skip
-        s, a, k = self._s, self.fading_factor, len(FIELDS)
-        for i in range(k):
-            s[i] += x[i]
-            s[k + i] = a * s[k + i] + x[i]
+        brier_net, brier_base = e_net * e_net, e_base * e_base
+        loss_net, loss_base = log_loss(p_net, label), log_loss(p_base, label)
+        # Unrolled (FIELDS order): this runs for every horizon of every tick.
+        s, a = self._s, self.fading_factor
+        s[0] += 1.0
+        s[1] += hit_net
+        s[2] += hit_base
+        s[3] += hit_persist
+        s[4] += brier_net
+        s[5] += brier_base
+        s[6] += loss_net
+        s[7] += loss_base
+        s[8] = a * s[8] + 1.0
+        s[9] = a * s[9] + hit_net
+        s[10] = a * s[10] + hit_base
+        s[11] = a * s[11] + hit_persist
+        s[12] = a * s[12] + brier_net
+        s[13] = a * s[13] + brier_base
+        s[14] = a * s[14] + loss_net
+        s[15] = a * s[15] + loss_base
 
     # ------------------------------------------------------------------ reading
     def as_dict(self) -> dict[str, Any]:
