@@ -9,7 +9,9 @@ ticks). Each tick, in this order (DESIGN.md):
    (1) when the price rose by more than the dead band, down (0) when it fell by
    more than it, none inside the band (neither scored nor trained on);
 3. score that prediction and the baselines' predictions made at the same tick
-   ("test, then train"), only if the features were ready when it was made;
+   ("test, then train"), only if the features were ready when it was made: into
+   the horizon's scorecard (`model.scorecard`), and the network's log loss into its
+   drift monitor (`model.drift`), whose alarm may reset or boost that network;
 4. take at most one backprop step per horizon: each horizon's network on its own
    stored (x, label). The K networks are stepped together (`StackedNetworks`:
    stacked weights, one numpy call per layer whatever K);
@@ -25,8 +27,8 @@ model's *published* p_up, the probability the service stands behind.
 Everything is deterministic: a horizon's initial weights depend only on
 (config.seed, symbol, horizon) through SHA-256, and `to_bytes` / `from_bytes` carry
 the whole state (networks and optimiser, feature window, pending predictions with
-their inputs, each horizon's counters and mixture), so a restored learner
-continues bit-identically to one that never stopped.
+their inputs, each horizon's counters, mixture, scorecard and drift monitor), so a
+restored learner continues bit-identically to one that never stopped.
 """
 
 from __future__ import annotations
@@ -41,9 +43,12 @@ from typing import Any
 
 import numpy as np
 
+from model.drift import RESPONSES, DriftMonitor
 from model.errors import FormatError
 from model.features import CLIP, TickFeatures, n_features
 from model.network import Network
+from model.scorecard import STATE_SIZE as SCORECARD_SIZE
+from model.scorecard import Scorecard
 from model.stacked import StackedNetworks
 
 MODELS = ("ffbpn", "base_rate", "persistence", "reversal")
@@ -69,6 +74,8 @@ class LearnerConfig:
     # Horizon h learns at learning_rate · h^-lr_power: its consecutive labels overlap in
     # h - 1 of their h ticks, so unscaled steps would count the same evidence ~h times.
     lr_power: float = 0.5
+    fading_factor: float = 0.999  # of the scorecards' faded figures (TICKPROP_FADING_FACTOR)
+    drift_response: str = "none"  # on a drift alarm: none, reset, boost (TICKPROP_DRIFT_RESPONSE)
 
     def __post_init__(self) -> None:
         if self.window < 2:
@@ -79,6 +86,12 @@ class LearnerConfig:
         if not (math.isfinite(self.dead_band) and 0.0 <= self.dead_band < 1.0):
             raise ValueError(f"dead_band must be in [0, 1), got {self.dead_band}")
         object.__setattr__(self, "hidden", tuple(int(n) for n in self.hidden))
+        if not (math.isfinite(self.fading_factor) and 0.0 < self.fading_factor <= 1.0):
+            raise ValueError(f"fading_factor must be in (0, 1], got {self.fading_factor}")
+        if self.drift_response not in RESPONSES:
+            raise ValueError(
+                f"drift_response must be one of {', '.join(RESPONSES)}, got {self.drift_response!r}"
+            )
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready settings (tuples as lists)."""
@@ -144,6 +157,7 @@ class Score:
     p_base: float  # base_rate's p_up; likewise
     persist: int  # persistence's call, 1 up / 0 down; reversal calls 1 - persist
     p_raw: float  # the horizon's network alone, before mixing (diagnostics)
+    alarm: bool = False  # the horizon's drift monitor raised an alarm on this score
 
     @property
     def p_up(self) -> dict[str, float]:
@@ -225,6 +239,7 @@ class Horizon:
     Its network is row `index` of the learner's `StackedNetworks`. The state is
     counters (ints) and floats; `state()` / `load()` hand them to the learner's
     format, so a field added here is serialised by adding it to COUNTERS or FLOATS.
+    The scorecard and the drift monitor follow the rings as their own float vectors.
     """
 
     COUNTERS = ("ups", "downs", "scored")
@@ -238,13 +253,19 @@ class Horizon:
         "pending_base",
         "base",
         "w_net",
+        "card",
+        "drift",
         *COUNTERS,
         *FLOATS,
     )
 
-    def __init__(self, h: int, index: int) -> None:
+    def __init__(
+        self, h: int, index: int, fading_factor: float = 0.999, drift_response: str = "none"
+    ) -> None:
         self.h = h
         self.index = index
+        self.card = Scorecard(fading_factor)  # the published p_up and the baselines, scored
+        self.drift = DriftMonitor(drift_response)  # on the network's own log loss
         # Rings of h slots: the prediction of tick n sits in slot n % h and resolves at
         # tick n + h, just before the slot is reused. Lists: one element per tick.
         self.pending_p = [0.0] * h  # published p_up
@@ -289,25 +310,31 @@ class Horizon:
             self.downs += 1
         self.base = self.base_rate()
 
-    def resolve(self, slot: int, label: int, persist: int) -> Score:
-        """Score the prediction in `slot` (made with ready features) against `label`."""
+    def resolve(self, slot: int, label: int, persist: int, tick: int) -> Score:
+        """Score the prediction in `slot` (made with ready features) against `label`,
+        resolved at the symbol's `tick`-th tick."""
         p_net = self.pending_net[slot]
         p_base = self.pending_base[slot]
-        self.loss_net += _log_loss(p_net, label)
+        p = self.pending_p[slot]
+        loss = _log_loss(p_net, label)
+        self.loss_net += loss
         self.loss_base += _log_loss(p_base, label)
         self.scored += 1
         self.w_net = self.mixture_weight()
-        return Score(self.h, label, self.pending_p[slot], p_base, persist, p_net)
+        self.card.add(label, p, p_base, persist)
+        alarm = self.drift.observe(loss, tick)
+        return Score(self.h, label, p, p_base, persist, p_net, alarm)
 
     # ------------------------------------------------------------------ state
     def state(self) -> tuple[dict[str, int], np.ndarray]:
-        """(counters, floats): FLOATS, then the pending rings p, net, base."""
+        """(counters, floats): FLOATS, the pending rings p, net, base, scorecard, drift."""
         counters = {name: getattr(self, name) for name in self.COUNTERS}
         head = [float(getattr(self, name)) for name in self.FLOATS]
-        return counters, np.array(head + self.pending_p + self.pending_net + self.pending_base)
+        rings = np.array(head + self.pending_p + self.pending_net + self.pending_base)
+        return counters, np.concatenate([rings, self.card.state(), self.drift.state()])
 
     def n_floats(self) -> int:
-        return len(self.FLOATS) + 3 * self.h
+        return len(self.FLOATS) + 3 * self.h + SCORECARD_SIZE + DriftMonitor.STATE_SIZE
 
     def load(self, counters: dict[str, Any], floats: np.ndarray) -> None:
         """Restore what `state()` returned; ValueError on anything malformed."""
@@ -326,7 +353,12 @@ class Horizon:
         h = self.h
         self.pending_p = values[n : n + h]
         self.pending_net = values[n + h : n + 2 * h]
-        self.pending_base = values[n + 2 * h :]
+        self.pending_base = values[n + 2 * h : n + 3 * h]
+        tail = n + 3 * h
+        self.card = Scorecard.from_state(
+            floats[tail : tail + SCORECARD_SIZE], self.card.fading_factor
+        )
+        self.drift = DriftMonitor.from_state(floats[tail + SCORECARD_SIZE :], self.drift.response)
         self.base = self.base_rate()
         self.w_net = self.mixture_weight()
 
@@ -337,7 +369,10 @@ class OnlineLearner:
     def __init__(self, symbol: str, config: LearnerConfig) -> None:
         self.symbol = symbol
         self.config = config
-        self.horizons = [Horizon(h, k) for k, h in enumerate(config.horizons)]
+        self.horizons = [
+            Horizon(h, k, config.fading_factor, config.drift_response)
+            for k, h in enumerate(config.horizons)
+        ]
         self.nets = StackedNetworks([build_network(symbol, config, h) for h in config.horizons])
         self.features = TickFeatures(config.window)
         k, n_in = len(self.horizons), self.features.n_features
@@ -388,6 +423,14 @@ class OnlineLearner:
             )
         return out
 
+    def scorecards(self) -> dict[str, dict[str, Any]]:
+        """Each horizon's scorecard (`Scorecard.as_dict`), keyed by the horizon as a string."""
+        return {str(hz.h): hz.card.as_dict() for hz in self.horizons}
+
+    def drift_states(self) -> dict[str, dict[str, Any]]:
+        """Each horizon's drift alarms (`DriftMonitor.as_dict`), keyed like `scorecards`."""
+        return {str(hz.h): hz.drift.as_dict() for hz in self.horizons}
+
     def network_bytes(self) -> list[bytes]:
         """Each horizon's network as `Network.to_bytes()`, in horizon order."""
         return [self.nets.network(k).to_bytes() for k in range(len(self.horizons))]
@@ -426,8 +469,11 @@ class OnlineLearner:
             hz.count(label)
             if not self.pending_ready[then]:
                 continue
-            scores.append(hz.resolve(n % h, label, 1 if self.pending_sign[then] > 0 else 0))
+            score = hz.resolve(n % h, label, 1 if self.pending_sign[then] > 0 else 0, n + 1)
+            scores.append(score)
             k = hz.index
+            if hz.drift.response != "none":
+                self._respond(hz, score.alarm)
             stepping.append(k)
             self._rows[k] = then
             self._targets[k] = float(label)
@@ -458,6 +504,19 @@ class OnlineLearner:
         self.pending_sign[slot] = features.last_sign
         self.pending_ready[slot] = ready
         return result
+
+    def _respond(self, hz: Horizon, alarm: bool) -> None:
+        """Act on a drift alarm before horizon `hz` steps: ``reset`` puts its network back to
+        its initial weights; ``boost`` steps it at a multiple of the learning rate while
+        its monitor has boosted steps left (`DriftMonitor.rate_factor`)."""
+        drift, k = hz.drift, hz.index
+        if alarm and drift.response == "reset":
+            self.nets.load(k, build_network(self.symbol, self.config, hz.h))
+        elif drift.response == "boost":
+            self.nets.learning_rates[k] = (
+                horizon_learning_rate(self.config, hz.h) * drift.rate_factor
+            )
+            drift.stepped()
 
     def _publish(self, n: int, p_nets: list[float] | None) -> Prediction:
         """Every horizon's published p_up for tick n (the base rate while not ready)."""
@@ -507,7 +566,7 @@ class OnlineLearner:
 # payload order, each horizon's counters and float count, and each network blob's
 # length. Floats live only in the arrays (exact).
 MAGIC = b"TPLS"
-VERSION = 3  # 3: one network, pending ring, base rate and mixture per horizon
+VERSION = 4  # 3: one network, pending ring, base rate and mixture per horizon; 4: scorecards, drift
 _LEN = struct.Struct("<I")
 _ARRAYS = ("features", "moves", "pending_x", "pending")  # payload order
 

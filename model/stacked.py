@@ -264,6 +264,15 @@ class StackedNetworks:
         return refused
 
     # ------------------------------------------------------------- networks
+    def load(self, k: int, net: Network) -> None:
+        """Put `net`'s weights into row k and clear its momentum (steps and refusals kept)."""
+        if net.sizes != self.sizes:
+            raise ValueError(f"network sizes {net.sizes} != {self.sizes} of the stack")
+        for l, w in enumerate(self.wb):
+            np.copyto(w[k], net._wb[l])
+            self.velocity[l][k] = 0.0
+        self._bound = [float(np.abs(w).max()) for w in self.wb]
+
     def network(self, k: int) -> Network:
         """Network k as a stand-alone `Network` (a copy): for serialisation and checks."""
         net = Network(

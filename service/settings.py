@@ -192,6 +192,23 @@ class Settings(BaseSettings):
         le=2**63 - 1,
         description="Seed of every symbol's initial weights (with the symbol's stable hash).",
     )
+    fading_factor: float = Field(
+        default_factory=lambda: _learner_default("fading_factor"),
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description=(
+            "Fading factor alpha of the scorecards' faded figures: a score k scores ago "
+            "weighs alpha^k (0.999: roughly the last 1,000 scores)."
+        ),
+    )
+    drift_response: Literal["none", "reset", "boost"] = Field(
+        default_factory=lambda: _learner_default("drift_response"),
+        description=(
+            "What a drift alarm on a horizon's loss does: none; reset (that horizon's network "
+            "back to its initial weights); boost (4x its learning rate for 500 steps)."
+        ),
+    )
 
     # --- Checkpoints and limits -------------------------------------------------
     checkpoint_every_ticks: int = Field(
@@ -334,6 +351,8 @@ class Settings(BaseSettings):
             hidden=self.hidden,
             learning_rate=self.learning_rate,
             seed=self.seed,
+            fading_factor=self.fading_factor,
+            drift_response=self.drift_response,
         )
 
     def bootstrap_servers(self) -> list[str]:
