@@ -38,6 +38,8 @@ LEARNING_FLAGS: dict[str, tuple[str, str, Any]] = {
     "--hidden": ("hidden", "TICKPROP_HIDDEN", None),
     "--learning-rate": ("learning_rate", "TICKPROP_LEARNING_RATE", float),
     "--seed": ("seed", "TICKPROP_SEED", int),
+    "--fading-factor": ("fading_factor", "TICKPROP_FADING_FACTOR", float),
+    "--drift-response": ("drift_response", "TICKPROP_DRIFT_RESPONSE", str),
 }
 
 
@@ -251,6 +253,9 @@ class Backtest:
                     }
                     for k, h in enumerate(horizons)
                 },
+                # The learner's own state: what GET /symbols/{symbol} and inspect --symbol show.
+                "scorecard": learner.scorecards(),
+                "drift": learner.drift_states(),
             }
         by_horizon = {str(h): _section(self.total[h]) for h in horizons}
         return {

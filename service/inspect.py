@@ -9,6 +9,11 @@ A symbol should live in one partition (ticks are keyed by symbol). One found in 
 (state from key-less ticks stored before they were refused, say) is listed under
 "split_symbols" with every copy, {SYM: {"topic/partition": {...}}}, and named on stderr;
 "symbols" then shows the copy of the highest partition.
+
+With --symbol SYM it prints that symbol's query object instead — partition, model_version,
+the last tick's ts and forecasts, every horizon's scorecard and drift state — the object
+GET /symbols/SYM answers on the worker that holds it, read here from Redis with no worker
+running (exit status 1 when the group's state has no such symbol).
 """
 
 from __future__ import annotations
@@ -28,6 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also print each input partition's next offset, fencing epoch and symbols",
     )
+    parser.add_argument(
+        "--symbol",
+        metavar="SYM",
+        help="print only this symbol's query object (as GET /symbols/SYM on its worker)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,7 +56,18 @@ def run(args: argparse.Namespace) -> int:
         return 1
     store = Store(client, args.group or settings.group_id)
     try:
-        report = summarise(store, settings.learner_config(), args.partitions)
+        if args.symbol is not None:
+            config, topic = settings.learner_config(), settings.ticks_topic
+            report = symbol_object(store, config, topic, args.symbol)
+            if report is None:
+                print(
+                    f"tickprop inspect: no symbol {args.symbol!r} in the state of group "
+                    f"{store.group!r}, topic {topic!r}",
+                    file=sys.stderr,
+                )
+                return 1
+        else:
+            report = summarise(store, settings.learner_config(), args.partitions)
     except StoreUnavailable as exc:
         print(f"tickprop inspect: {exc}", file=sys.stderr)
         return 1
@@ -61,9 +82,27 @@ def run(args: argparse.Namespace) -> int:
             f"({', '.join(copies)}): one model per partition, each trained on part of its ticks",
             file=sys.stderr,
         )
-    json.dump(report, sys.stdout, indent=2, sort_keys=True)
+    json.dump(report, sys.stdout, indent=2, sort_keys=args.symbol is None)
     sys.stdout.write("\n")
     return 0
+
+
+def symbol_object(store: Any, config: Any, topic: str, symbol: str) -> dict[str, Any] | None:
+    """The query object of `symbol` from the stored state of `topic` (None: not stored)."""
+    from model.learner import OnlineLearner
+    from service.query_api import query_object
+
+    # A symbol split over partitions (see above) answers with its highest partition's copy.
+    for (stored_topic, partition), state in sorted(store.load_all().items(), reverse=True):
+        blob = state.blobs.get(symbol) if stored_topic == topic else None
+        if blob is None:
+            continue
+        try:
+            learner = OnlineLearner.from_bytes(blob, config)
+        except ValueError as exc:
+            raise ValueError(f"{topic}[{partition}] symbol {symbol!r}: {exc}") from exc
+        return query_object(learner, partition)
+    return None
 
 
 def summarise(store: Any, config: Any, partitions: bool = False) -> dict[str, Any]:

@@ -95,6 +95,7 @@ def _serve(settings: Any, max_idle_seconds: float | None, startup_timeout: float
 
     from service.metrics import Metrics, serve
     from service.publisher import ProcessPublisher
+    from service.query_api import LockedDirectory
     from service.store import Store
     from service.topics import create_topics
     from service.worker import Worker
@@ -125,8 +126,14 @@ def _serve(settings: Any, max_idle_seconds: float | None, startup_timeout: float
     )  # fmt: skip
     metrics = Metrics(horizons=settings.horizons)
     worker = Worker(settings, consumer, publisher, store, metrics, dlq_reader=dlq_reader)
+    directory = LockedDirectory(worker.lock, worker.held_learners)
+    metrics.watch_spread(directory.spread)
     server = serve(
-        metrics, settings.metrics_host, settings.metrics_port, ready=lambda: worker.ready
+        metrics,
+        settings.metrics_host,
+        settings.metrics_port,
+        ready=lambda: worker.ready,
+        directory=directory,
     )
     log.info(
         "metrics at http://%s:%d/metrics",

@@ -152,7 +152,12 @@ def _symbol(segment: str) -> str:
     if not 1 <= len(symbol) <= MAX_SYMBOL_CHARS:
         raise BadRequest(f"a symbol has 1..{MAX_SYMBOL_CHARS} characters, got {len(symbol)}")
     if not symbol.isprintable() or symbol != symbol.strip():
-        raise BadRequest(f"symbol {_clip(symbol)!r} has unprintable characters or outer space")
+        # Well-formed, but no tick can carry it (the codec refuses such symbols): unknown.
+        raise BadRequest(
+            f"no such symbol {_clip(symbol)!r}: a symbol has no unprintable characters "
+            "and no outer space",
+            status=404,
+        )
     return symbol
 
 
@@ -182,7 +187,9 @@ class LockedDirectory:
 
     def symbol(self, symbol: str) -> dict[str, Any] | None:
         with self._lock:
-            for partition, learners in self._held().items():
+            # A symbol split over partitions answers with its highest partition's copy, as
+            # `tickprop inspect` does.
+            for partition, learners in sorted(self._held().items(), reverse=True):
                 learner = learners.get(symbol)
                 if learner is not None:
                     return query_object(learner, partition)
@@ -191,3 +198,14 @@ class LockedDirectory:
     def partitions(self) -> list[int]:
         with self._lock:
             return sorted(self._held())
+
+    def spread(self) -> list[tuple[int, tuple[float, float | None, float | None]]]:
+        """(horizon, `Scorecard.recent()`) of every symbol's every horizon: the metrics'
+        spread across symbols (`service.metrics.SpreadCollector`)."""
+        with self._lock:
+            return [
+                (hz.h, hz.card.recent())
+                for learners in self._held().values()
+                for learner in learners.values()
+                for hz in learner.horizons
+            ]

@@ -540,6 +540,8 @@ class Worker:
         metrics.event_lag_seconds.observe(max(0.0, self.clock.time() - tick.ts_ms / 1000.0))
         for score in result.scores:
             self.rolling[score.horizon].add(score)
+            if score.alarm:  # rare: a drift alarm of this symbol's horizon
+                metrics.drift_alarms.labels(horizon=str(score.horizon)).inc()
 
     def _count_batch(self) -> None:
         """Add the batch's counts to the counters (predictions: one per processed tick)."""
@@ -942,6 +944,18 @@ class Worker:
     # ------------------------------------------------------------------ gauges
     def _all_active(self) -> bool:
         return all(p.status is Status.ACTIVE for p in self.partitions.values())
+
+    @property
+    def lock(self) -> threading.RLock:
+        """Held while the loop processes a batch or a rebalance: readers in other threads
+        (the query API) take it too."""
+        return self._lock
+
+    def held_learners(self) -> dict[int, dict[str, OnlineLearner]]:
+        """Input partition -> {symbol: learner} of the state in memory; call under `lock`."""
+        return {
+            tp.partition: part.learners for tp, part in self.partitions.items() if part.learners
+        }
 
     def _symbol_count(self) -> int:
         return sum(len(p.learners) for p in self.partitions.values())

@@ -217,7 +217,9 @@ def worker(
             lambda: (
                 handle.value("tickprop_ticks_total", outcome="processed") >= processed
                 and handle.value("tickprop_checkpoints_total") >= 1
-                and not math.isnan(handle.value("tickprop_prequential_accuracy", model="ffbpn"))
+                and not math.isnan(
+                    handle.value("tickprop_prequential_accuracy", model="ffbpn", horizon="1")
+                )
             ),
             90,
             log,

@@ -81,6 +81,9 @@ def test_dashboard_provider_loads_the_mounted_folder() -> None:
         "tickprop_refused_updates_total",
         "tickprop_assigned_partitions",
         "tickprop_symbols",
+        "tickprop_symbols_beating_baselines",
+        "tickprop_symbol_kappa_temporal_bucket",
+        "tickprop_drift_alarms_total",
     ],
 )
 def test_dashboard_shows(dashboard: dict[str, Any], needed: str) -> None:

@@ -26,8 +26,7 @@ class Learner:
         self.symbol, self.model_version, self.last_ts = symbol, version, 1_700_000_000_000
 
     def forecasts(self) -> list[dict[str, Any]]:
-        return [{"horizon": 1, "p_up": 0.5, "direction": "up", "model_version": 0,
-                 "features_ready": False}]  # fmt: skip
+        return [{"horizon": 1, "p_up": 0.5, "direction": "up", "model_version": 0}]
 
     def scorecards(self) -> dict[str, Any]:
         return {}
@@ -125,9 +124,9 @@ def test_a_symbol_not_held_is_a_404_that_says_so(server: MetricsServer) -> None:
         ("/symbols/S004?x=1", 400),
         ("/symbols/" + "A" * 65, 400),
         ("/symbols/%FF%FE", 400),
-        ("/symbols/%00", 400),
-        ("/symbols/%20ES", 400),
-        ("/symbols/%E2%80%8B", 400),  # a zero-width space: not printable
+        ("/symbols/%00", 404),
+        ("/symbols/%20ES", 404),
+        ("/symbols/%E2%80%8B", 404),  # a zero-width space: not printable
         ("/symbols/a/b", 404),
         ("/symbols/../metrics", 404),
         ("/symbols//", 404),
