@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from model.learner import LearnerConfig, OnlineLearner, build_network
-from service.backtest import Backtest, run_rows
-from service.ticks_csv import read_ticks
+from service.tools.backtest import Backtest, run_rows
+from service.tools.ticks_csv import read_ticks
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "es_ticks_2013-09-01_03.csv.gz"
 

@@ -22,8 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from model.learner import LearnerConfig, OnlineLearner
-from service.embedded import EmbeddedRedis, EmbeddedRedisCluster
 from service.store import Store, connect
+from service.tools.embedded import EmbeddedRedis, EmbeddedRedisCluster
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "es_ticks_2013-09-01_03.csv.gz"
 SIZES = (1, 100, 1000)

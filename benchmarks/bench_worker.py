@@ -49,9 +49,9 @@ from worker_kit import (  # noqa: E402
     tick_records,
 )
 
-from service.embedded import EmbeddedBroker, EmbeddedRedis  # noqa: E402
 from service.main import CONSUMER_OPTIONS, PRODUCER_OPTIONS  # noqa: E402
 from service.settings import Settings  # noqa: E402
+from service.tools.embedded import EmbeddedBroker, EmbeddedRedis  # noqa: E402
 from service.worker import Worker  # noqa: E402
 
 

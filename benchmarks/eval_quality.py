@@ -5,7 +5,7 @@ Run: .venv/bin/python benchmarks/eval_quality.py [--set learning_rate=0.01 ...] 
 The DEFAULT learner is judged on held-out series nobody here has (other E-mini
 days, intraday and daily prices from several markets, other scales), each
 started fresh and scored per horizon. This script therefore runs the backtest
-engine (`service.backtest.Backtest`, the worker's learner) in-process over
+engine (`service.tools.backtest.Backtest`, the worker's learner) in-process over
 series that stand in for them, every one from a fresh start:
 
 - E-mini ticks: the whole shipped file, five disjoint 50k-tick chunks, and the
@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from model.learner import LearnerConfig
-from service.backtest import Backtest
+from service.tools.backtest import Backtest
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 Series = list[tuple[str, int, float]]  # (symbol, ts_ms, price)

@@ -2,7 +2,7 @@
 
 A symbol's learner predicts, on every tick, whether the price `h` ticks later will
 be higher, for each horizon h of `LearnerConfig.horizons` (default 1, 5 and 20
-ticks). Each tick, in this order (DESIGN.md):
+ticks). Each tick, in this order (docs/messages.md defines the label):
 
 1. fold the price into the feature window (`model.features.TickFeatures`);
 2. for each horizon h, resolve the prediction made h ticks ago: its label is up

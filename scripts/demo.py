@@ -83,7 +83,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=0.0, help="ticks/s per file (0: max)")
     args = parser.parse_args()
 
-    from service.embedded import EmbeddedBroker, EmbeddedRedis, free_port
+    from service.tools.embedded import EmbeddedBroker, EmbeddedRedis, free_port
 
     workdir = Path(tempfile.mkdtemp(prefix="tickprop-demo-"))
     print("starting a local Kafka-compatible broker and Redis from the PyPI wheels ...")

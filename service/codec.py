@@ -55,6 +55,13 @@ MAX_SYMBOL_CHARS = 64
 MIN_TS_MS = 100_000_000_000
 MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last instant datetime can hold
 MAX_DETAIL_BYTES = 512
+
+# Headers a dead letter carries on top of the record's own (docs/messages.md).
+REASON_HEADER = "tickprop.reason"
+DETAIL_HEADER = "tickprop.detail"
+SOURCE_TOPIC_HEADER = "tickprop.source.topic"
+SOURCE_PARTITION_HEADER = "tickprop.source.partition"
+SOURCE_OFFSET_HEADER = "tickprop.source.offset"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
@@ -79,7 +86,7 @@ class InvalidTick(Exception):
 
 
 def decode_tick(key: bytes | None, value: bytes | None, max_bytes: int = DEFAULT_MAX_BYTES) -> Tick:
-    """The Tick in a Kafka record (DESIGN.md format), or InvalidTick saying why not."""
+    """The Tick in a Kafka record (docs/messages.md), or InvalidTick saying why not."""
     if value is None:
         raise InvalidTick(NOT_JSON, "record value is null")
     if len(value) > max_bytes:
@@ -143,7 +150,7 @@ def _common_tick(body: dict[str, Any]) -> Tick | None:
 
 
 def make_tick(symbol: Any, ts: Any, price: Any, volume: Any = None) -> Tick:
-    """A Tick from JSON-typed values, validated as DESIGN.md fixes, or InvalidTick.
+    """A Tick from JSON-typed values, validated as docs/messages.md fixes, or InvalidTick.
 
     `ts` is an int (or integral float) of epoch ms, or a string: ISO-8601 or decimal
     digits of epoch ms; in every form from 10^11 (1973-03-03) to MAX_TS_MS (year 9999).
@@ -258,7 +265,7 @@ def _volume(value: Any) -> float | None:
 
 
 def encode_tick(tick: Tick) -> bytes:
-    """The DESIGN.md tick JSON of `tick` (what `tickprop produce` sends)."""
+    """The tick JSON (docs/messages.md) of `tick` (what `tickprop produce` sends)."""
     body: dict[str, Any] = {"symbol": tick.symbol, "ts": tick.ts_ms, "price": tick.price}
     if tick.volume is not None:
         body["volume"] = int(tick.volume) if tick.volume.is_integer() else tick.volume
@@ -281,7 +288,7 @@ def encode_prediction(
     forecasts: Sequence[ForecastLike],
     features_ready: bool,
 ) -> bytes:
-    """The DESIGN.md prediction JSON; the same arguments always give the same bytes.
+    """The prediction JSON (docs/messages.md); the same arguments always give the same bytes.
 
     `forecasts` holds every horizon in order; the top-level horizon, p_up, direction
     and model_version repeat the first. Byte for byte what `_dumps` makes of the same

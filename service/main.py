@@ -67,13 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from service import logs
-    from service.settings import ConfigError, load_settings
+    from service.settings import load_settings
 
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(f"tickprop worker: {exc}", file=sys.stderr)
-        return 2
+    settings = load_settings()
     logs.configure(settings.log_level)
     log.info("starting", extra={"event": "starting", "settings": settings.redacted_dump()})
     try:
@@ -133,6 +129,7 @@ def _serve(settings: Any, max_idle_seconds: float | None, startup_timeout: float
         settings.metrics_host,
         settings.metrics_port,
         ready=lambda: worker.ready,
+        alive=worker.alive,
         directory=directory,
     )
     log.info(
@@ -189,6 +186,7 @@ def _retry(name: str, call: Callable[[], T], deadline: float) -> T:
     """`call()` until it succeeds, backing off and logging, or StartupError after `deadline`."""
     from kafka.errors import KafkaError
 
+    from service.backoff import backoff
     from service.store import StoreError
 
     attempt = 0
@@ -197,7 +195,7 @@ def _retry(name: str, call: Callable[[], T], deadline: float) -> T:
         try:
             return call()
         except (KafkaError, StoreError, OSError) as exc:  # unreachable or not ready yet
-            delay = min(5.0, 0.25 * 2**attempt)
+            delay = backoff(attempt + 1)
             if time.monotonic() + delay > deadline:
                 raise StartupError(f"{name} unreachable at start-up: {exc}") from exc
             log.warning(
@@ -208,6 +206,6 @@ def _retry(name: str, call: Callable[[], T], deadline: float) -> T:
 
 
 if __name__ == "__main__":  # `python -m service.main`, the same as `tickprop worker`
-    _parser = argparse.ArgumentParser(prog="tickprop worker", description=__doc__)
-    add_arguments(_parser)
-    sys.exit(run(_parser.parse_args()))
+    from service.cli import main
+
+    sys.exit(main(["worker", *sys.argv[1:]]))

@@ -3,7 +3,7 @@
 The same server answers the read-only query API (`service.query_api`, GET /symbols...)
 when it is given a directory of the symbols held.
 
-Names follow DESIGN.md (prefix `tickprop_`, base units, counters ending in
+Names follow docs/metrics.md (prefix `tickprop_`, base units, counters ending in
 `_total`); labels are bounded: outcomes, reason codes, model names, partitions.
 Tests pass a fresh `CollectorRegistry()` and read values with `get_sample_value`.
 """
@@ -33,13 +33,12 @@ from prometheus_client.core import (
 )
 from prometheus_client.utils import floatToGoString
 
+from model.learner import MODELS
 from service import query_api
 from service.codec import REASONS
 
 OUTCOMES = ("processed", "invalid", "late")
-MODELS = ("ffbpn", "base_rate", "persistence", "reversal")
 DEPENDENCIES = ("kafka", "redis")
-SYMBOL_LIMIT_ACTIONS = ("refused", "evicted")
 
 # 10 µs .. 10 s: one backprop step is microseconds, a checkpoint or a stalled poll seconds.
 LATENCY_BUCKETS = (
@@ -182,7 +181,7 @@ class Metrics:
         self.horizons = tuple(horizons)
         r = self.registry
 
-        # --- DESIGN.md's fixed names ---------------------------------------------
+        # --- the fixed names (docs/metrics.md) ---------------------------------------------
         self.ticks = Counter(
             "tickprop_ticks_total", "Ticks read, by outcome (processed, invalid, late).",
             ["outcome"], registry=r,
@@ -268,11 +267,12 @@ class Metrics:
             "tickprop_dlq_total", "Records sent to the dead-letter topic, by reason code.",
             ["reason"], registry=r,
         )  # fmt: skip
-        self.evicted_or_refused_symbols = Counter(
-            "tickprop_evicted_or_refused_symbols_total",
-            "Symbols evicted or refused because the worker holds max_symbols already.",
-            ["action"], registry=r,
-        )  # fmt: skip
+        self.refused_symbols = Counter(
+            "tickprop_refused_symbols_total",
+            "Ticks of new symbols refused (dead-lettered too_many_symbols) because the worker "
+            "holds TICKPROP_MAX_SYMBOLS symbols already.",
+            registry=r,
+        )
         self.fenced_checkpoints = Counter(
             "tickprop_fenced_checkpoints_total",
             "Checkpoints refused because another worker claimed the partition since.",
@@ -312,8 +312,6 @@ class Metrics:
             self.drift_alarms.labels(horizon=str(h))
         for reason in REASONS:
             self.dlq.labels(reason=reason)
-        for action in SYMBOL_LIMIT_ACTIONS:
-            self.evicted_or_refused_symbols.labels(action=action)
         for dependency in DEPENDENCIES:
             self.dependency_up.labels(dependency=dependency)
             self.dependency_errors.labels(dependency=dependency)

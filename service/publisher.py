@@ -55,13 +55,14 @@ from typing import Any
 
 from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
+from service.backoff import backoff
+
 log = logging.getLogger("tickprop.publisher")
 
 EXIT_FLUSH_SECONDS = 10.0
 SHIP_BYTES = 1 << 16  # ship the buffer to the child once it holds this much
 PIPE_BYTES = 1 << 20  # asked-for pipe capacity (Linux), so a burst does not block the worker
 REPLY_GRACE_SECONDS = 5.0  # the child's answer may take this much longer than its own timeout
-MAX_RESTART_DELAY_SECONDS = 5.0
 
 _LEN = struct.Struct("<I")
 # tag, flags (1 = report the offset), partition (-1: the producer's partitioner),
@@ -244,7 +245,7 @@ class ProcessPublisher:
         """The child died or the pipe broke: everything unconfirmed counts as failed."""
         self._fail_unconfirmed(f"publisher process lost: {reason}")
         self._losses += 1
-        delay = min(MAX_RESTART_DELAY_SECONDS, 0.25 * 2**self._losses)
+        delay = backoff(self._losses + 1)  # 0.5 s after the first loss, ... 5 s
         self._restart_at = time.monotonic() + delay
         log.error(
             "publisher process lost; unconfirmed outputs count as failed",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, FilePath, SecretStr, ValidationError, field_validator, model_validator
@@ -41,8 +41,8 @@ def _learner_default(name: str) -> Any:
     raise AttributeError(f"LearnerConfig has no default for {name!r}")
 
 
-class Settings(BaseSettings):
-    """The service's configuration; every field maps to `TICKPROP_<FIELD NAME>`."""
+class LearningSettings(BaseSettings):
+    """The learning settings alone: what `tickprop backtest` reads, and the worker too."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -51,6 +51,119 @@ class Settings(BaseSettings):
         case_sensitive=False,
         validate_default=True,
     )
+
+    # --- Learning (defaults from model.learner.LearnerConfig) -------------------
+    window: int = Field(
+        default_factory=lambda: _learner_default("window"),
+        ge=2,
+        le=10_000,
+        description="Non-zero price moves the features look back over.",
+    )
+    horizons: Annotated[tuple[int, ...], NoDecode] = Field(
+        default_factory=lambda: _learner_default("horizons"),
+        description=(
+            'Ticks ahead the predictions are about, comma-separated, e.g. "1,5,20": one '
+            "network each, at most 8 distinct horizons of 1 to 1000 ticks."
+        ),
+    )
+    horizon: str | int | None = Field(
+        None,
+        description="No longer read: replaced by TICKPROP_HORIZONS; start-up stops if it is set.",
+    )
+    hidden: Annotated[tuple[int, ...], NoDecode] = Field(
+        default_factory=lambda: _learner_default("hidden"),
+        description='Hidden layer sizes, comma-separated, e.g. "32" or "32,16".',
+    )
+    learning_rate: float = Field(
+        default_factory=lambda: _learner_default("learning_rate"),
+        gt=0,
+        le=10,
+        allow_inf_nan=False,
+        description="SGD step of the 1-tick horizon; horizon h steps at this / sqrt(h).",
+    )
+    seed: int = Field(
+        default_factory=lambda: _learner_default("seed"),
+        ge=0,
+        le=2**63 - 1,
+        description="Seed of every symbol's initial weights (with the symbol's stable hash).",
+    )
+    fading_factor: float = Field(
+        default_factory=lambda: _learner_default("fading_factor"),
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description=(
+            "Fading factor alpha of the scorecards' faded figures: a score k scores ago "
+            "weighs alpha^k (0.999: roughly the last 1,000 scores)."
+        ),
+    )
+    drift_response: Literal["none", "reset", "boost"] = Field(
+        default_factory=lambda: _learner_default("drift_response"),
+        description=(
+            "What a drift alarm on a horizon's loss does: none; reset (that horizon's network "
+            "back to its initial weights); boost (4x its learning rate for 500 steps)."
+        ),
+    )
+
+    @field_validator("horizons", mode="before")
+    @classmethod
+    def _parse_horizons(cls, value: Any) -> Any:
+        from model.learner import check_horizons
+
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = (value,)
+        return check_horizons(value)
+
+    @field_validator("horizon")
+    @classmethod
+    def _refuse_horizon(cls, value: str | int | None) -> None:
+        if value is not None:
+            raise ValueError(
+                f"TICKPROP_HORIZON={value} is no longer read: set TICKPROP_HORIZONS to a comma "
+                f'list of tick counts instead, e.g. TICKPROP_HORIZONS="{str(value).strip() or 1}"'
+                ' for that one horizon or "1,5,20" (the default)'
+            )
+        return None
+
+    @field_validator("hidden", mode="before")
+    @classmethod
+    def _parse_hidden(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.split(",")]
+            if not all(p.isdigit() for p in parts):
+                raise ValueError(f'expected positive integers like "32,16", got {value!r}')
+            return tuple(int(p) for p in parts)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return (value,)
+        return value
+
+    @field_validator("hidden")
+    @classmethod
+    def _check_hidden(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not 1 <= len(value) <= 8:
+            raise ValueError(f"expected 1 to 8 hidden layers, got {len(value)}")
+        if not all(1 <= n <= 4096 for n in value):
+            raise ValueError(f"every hidden layer needs 1 to 4096 units, got {value}")
+        return value
+
+    # --- what other modules use --------------------------------------------------
+    def learner_config(self) -> LearnerConfig:
+        """The online learner's configuration, these settings over LearnerConfig's defaults."""
+        from model.learner import LearnerConfig
+
+        return LearnerConfig(
+            window=self.window,
+            horizons=self.horizons,
+            hidden=self.hidden,
+            learning_rate=self.learning_rate,
+            seed=self.seed,
+            fading_factor=self.fading_factor,
+            drift_response=self.drift_response,
+        )
+
+
+class Settings(LearningSettings):
+    """The service's configuration; every field maps to `TICKPROP_<FIELD NAME>`."""
 
     # --- Kafka -----------------------------------------------------------------
     kafka_bootstrap_servers: str = Field(
@@ -157,59 +270,6 @@ class Settings(BaseSettings):
         "INFO", description="Lowest level of log lines written (JSON, to stderr)."
     )
 
-    # --- Learning (defaults from model.learner.LearnerConfig) -------------------
-    window: int = Field(
-        default_factory=lambda: _learner_default("window"),
-        ge=2,
-        le=10_000,
-        description="Non-zero price moves the features look back over.",
-    )
-    horizons: Annotated[tuple[int, ...], NoDecode] = Field(
-        default_factory=lambda: _learner_default("horizons"),
-        description=(
-            'Ticks ahead the predictions are about, comma-separated, e.g. "1,5,20": one '
-            "network each, at most 8 distinct horizons of 1 to 1000 ticks."
-        ),
-    )
-    horizon: str | int | None = Field(
-        None,
-        description="No longer read: replaced by TICKPROP_HORIZONS; start-up stops if it is set.",
-    )
-    hidden: Annotated[tuple[int, ...], NoDecode] = Field(
-        default_factory=lambda: _learner_default("hidden"),
-        description='Hidden layer sizes, comma-separated, e.g. "32" or "32,16".',
-    )
-    learning_rate: float = Field(
-        default_factory=lambda: _learner_default("learning_rate"),
-        gt=0,
-        le=10,
-        allow_inf_nan=False,
-        description="SGD step of the 1-tick horizon; horizon h steps at this / sqrt(h).",
-    )
-    seed: int = Field(
-        default_factory=lambda: _learner_default("seed"),
-        ge=0,
-        le=2**63 - 1,
-        description="Seed of every symbol's initial weights (with the symbol's stable hash).",
-    )
-    fading_factor: float = Field(
-        default_factory=lambda: _learner_default("fading_factor"),
-        gt=0,
-        le=1,
-        allow_inf_nan=False,
-        description=(
-            "Fading factor alpha of the scorecards' faded figures: a score k scores ago "
-            "weighs alpha^k (0.999: roughly the last 1,000 scores)."
-        ),
-    )
-    drift_response: Literal["none", "reset", "boost"] = Field(
-        default_factory=lambda: _learner_default("drift_response"),
-        description=(
-            "What a drift alarm on a horizon's loss does: none; reset (that horizon's network "
-            "back to its initial weights); boost (4x its learning rate for 500 steps)."
-        ),
-    )
-
     # --- Checkpoints and limits -------------------------------------------------
     checkpoint_every_ticks: int = Field(
         1000, ge=1, le=10_000_000, description="Checkpoint a partition after this many ticks."
@@ -227,49 +287,16 @@ class Settings(BaseSettings):
         le=10_000_000,
         description="Most symbols a worker holds; ticks of further symbols are dead-lettered.",
     )
+    liveness_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="/healthz fails once the worker loop has not completed an iteration for "
+        "this long (blocked in a poll, a flush or a Redis call).",
+    )
 
     # --- validators -------------------------------------------------------------
-    @field_validator("horizons", mode="before")
-    @classmethod
-    def _parse_horizons(cls, value: Any) -> Any:
-        from model.learner import check_horizons
-
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = (value,)
-        return check_horizons(value)
-
-    @field_validator("horizon")
-    @classmethod
-    def _refuse_horizon(cls, value: str | int | None) -> None:
-        if value is not None:
-            raise ValueError(
-                f"TICKPROP_HORIZON={value} is no longer read: set TICKPROP_HORIZONS to a comma "
-                f'list of tick counts instead, e.g. TICKPROP_HORIZONS="{str(value).strip() or 1}"'
-                ' for that one horizon or "1,5,20" (the default)'
-            )
-        return None
-
-    @field_validator("hidden", mode="before")
-    @classmethod
-    def _parse_hidden(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            parts = [p.strip() for p in value.split(",")]
-            if not all(p.isdigit() for p in parts):
-                raise ValueError(f'expected positive integers like "32,16", got {value!r}')
-            return tuple(int(p) for p in parts)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return (value,)
-        return value
-
-    @field_validator("hidden")
-    @classmethod
-    def _check_hidden(cls, value: tuple[int, ...]) -> tuple[int, ...]:
-        if not 1 <= len(value) <= 8:
-            raise ValueError(f"expected 1 to 8 hidden layers, got {len(value)}")
-        if not all(1 <= n <= 4096 for n in value):
-            raise ValueError(f"every hidden layer needs 1 to 4096 units, got {value}")
-        return value
-
     @field_validator("log_level", "security_protocol", "sasl_mechanism", mode="before")
     @classmethod
     def _upper(cls, value: Any) -> Any:
@@ -341,20 +368,6 @@ class Settings(BaseSettings):
             yield name, redact_url(value) if name == "redis_url" else value
 
     # --- what other modules use --------------------------------------------------
-    def learner_config(self) -> LearnerConfig:
-        """The online learner's configuration, these settings over LearnerConfig's defaults."""
-        from model.learner import LearnerConfig
-
-        return LearnerConfig(
-            window=self.window,
-            horizons=self.horizons,
-            hidden=self.hidden,
-            learning_rate=self.learning_rate,
-            seed=self.seed,
-            fading_factor=self.fading_factor,
-            drift_response=self.drift_response,
-        )
-
     def bootstrap_servers(self) -> list[str]:
         return [s.strip() for s in self.kafka_bootstrap_servers.split(",")]
 
@@ -463,25 +476,44 @@ def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Settings from the environment (and `overrides`), or ConfigError naming the variable."""
+S = TypeVar("S", bound=LearningSettings)
+
+
+def load_settings(flags: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """The worker's settings from the environment, `overrides` winning over it.
+
+    Raises ConfigError naming the bad environment variable, or the command-line flag that
+    `flags` (field -> flag) says an override came from. The `tickprop` command line
+    (`service.cli`) turns it into a one-line message and exit code 2.
+    """
+    return _load(Settings, flags, overrides)
+
+
+def load_learning_settings(
+    flags: Mapping[str, str] | None = None, **overrides: Any
+) -> LearningSettings:
+    """The learning settings alone (for `tickprop backtest`), as `load_settings` reads them."""
+    return _load(LearningSettings, flags, overrides)
+
+
+def _load(cls: type[S], flags: Mapping[str, str] | None, overrides: dict[str, Any]) -> S:
     try:
-        return Settings(**overrides)
+        return cls(**overrides)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+        raise ConfigError(_describe(exc, cls, flags or {})) from None
     except SettingsError as exc:  # a value the environment source itself could not parse
         raise ConfigError(f"invalid {ENV_PREFIX}* setting: {exc}") from None
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(exc: ValidationError, cls: type[BaseSettings], flags: Mapping[str, str]) -> str:
     lines = []
     for error in exc.errors(include_url=False):
         loc = error.get("loc") or ()
         field = str(loc[0]) if loc else ""
         message = error.get("msg", "invalid")
-        if field in Settings.model_fields:
+        if field in cls.model_fields:
             value = "" if "password" in field else f" (got {_short(error.get('input'))})"
-            lines.append(f"{env_name(field)}: {message}{value}")
+            lines.append(f"{flags.get(field, env_name(field))}: {message}{value}")
         else:  # a rule spanning several fields
             lines.append(f"{ENV_PREFIX}* settings: {message}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
@@ -492,4 +524,12 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-__all__ = ["ConfigError", "Settings", "env_name", "load_settings", "redact_url"]
+__all__ = [
+    "ConfigError",
+    "LearningSettings",
+    "Settings",
+    "env_name",
+    "load_learning_settings",
+    "load_settings",
+    "redact_url",
+]

@@ -1,6 +1,6 @@
 """Redis checkpoint store: one hash per input partition, claimed and written under a fence.
 
-Layout (docs/internals.md): key ``tickprop:{<group>:<topic>:<partition>}``, one field per
+Layout (docs/state.md): key ``tickprop:{<group>:<topic>:<partition>}``, one field per
 symbol holding that symbol's ``OnlineLearner.to_bytes()`` blob, the field ``offset`` (next
 offset to read) and the field ``epoch`` (the fence, renewed by every claim). The hash tag
 spans the whole partition name, so in a Redis Cluster the partitions spread over the slots

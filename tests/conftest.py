@@ -1,6 +1,6 @@
 """Shared fixtures: a real Kafka-compatible broker and a real redis-server per test session.
 
-Both are started from the wheels by `service.embedded` on free ports, only when a
+Both are started from the wheels by `service.tools.embedded` on free ports, only when a
 test asks for them, and stopped by PID at the end of the session. Tests under
 tests/integration/ are marked `integration` automatically.
 """
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import settings as hypothesis_settings
 from worker_kit import Names
 
-from service.embedded import EmbeddedBroker, EmbeddedRedis
+from service.tools.embedded import EmbeddedBroker, EmbeddedRedis
 
 # A shared 2-core machine: wall-clock deadlines would make property tests flaky.
 hypothesis_settings.register_profile("tickprop", deadline=None)

@@ -28,7 +28,7 @@ from kafka import KafkaProducer
 from worker_kit import ROOT, Produced, WorkerProcess, read_topic
 
 from service.codec import DEFAULT_MAX_BYTES, TOO_LARGE, InvalidTick, Tick, decode_tick
-from service.embedded import create_topics
+from service.tools.embedded import create_topics
 
 Record = tuple[bytes | None, bytes | None, list[tuple[str, bytes]] | None]
 

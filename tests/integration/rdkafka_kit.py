@@ -13,7 +13,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Producer
 from worker_kit import Produced
 
-from service.embedded import create_topics
+from service.tools.embedded import create_topics
 
 CODECS = ("gzip", "snappy", "lz4", "zstd")
 # Group joins on the embedded broker: short timeouts, or the first join takes ~24 s.

@@ -8,7 +8,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from service.embedded import EmbeddedRedis, create_topics, free_port
+from service.tools.embedded import EmbeddedRedis, create_topics, free_port
 
 
 def pid_alive(pid):

@@ -11,7 +11,7 @@ import redis
 from harness import backtest_symbols, check_predictions, inspect_symbols, on_broker
 from worker_kit import Names, WorkerProcess, mixed_ticks, produce, tick_records, worker_env
 
-from service.embedded import EmbeddedRedis
+from service.tools.embedded import EmbeddedRedis
 
 PASSWORD = "Pw-9f3c1e-never-logged"
 WRONG = "Wrong-7d21-never-logged"

@@ -35,7 +35,7 @@ from worker_kit import (
     worker_env,
 )
 
-from service.embedded import EmbeddedBroker, EmbeddedRedis, create_topics
+from service.tools.embedded import EmbeddedBroker, EmbeddedRedis, create_topics
 
 OUTAGE_SECONDS = 10.0
 ALL = set(range(6))

@@ -7,8 +7,8 @@ from kafka import KafkaConsumer, TopicPartition
 
 from service.cli import main
 from service.codec import decode_tick
-from service.produce import synthetic_ticks
-from service.ticks_csv import valid_ticks
+from service.tools.produce import synthetic_ticks
+from service.tools.ticks_csv import valid_ticks
 
 CSV = """ts,symbol,price,volume
 1378054800083,ES,1640.25,8

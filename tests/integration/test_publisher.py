@@ -221,7 +221,7 @@ def test_a_record_kafka_would_refuse_as_a_dead_letter_is_dead_lettered_anyway(
         with worker._lock:  # what step() does with a polled batch
             worker._process_records(part.tp, [record], time.perf_counter())
             worker._ship(time.perf_counter())
-        assert worker._checkpoint(part) and not part.send_failed
+        assert worker.ownership.checkpoint(part) and not part.send_failed
     finally:
         worker.shutdown()
         worker.publisher.close()

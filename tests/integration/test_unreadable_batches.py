@@ -30,8 +30,8 @@ from worker_kit import (
     tick_records,
 )
 
-from service import worker as worker_module
-from service.worker import Status
+from service import unreadable as unreadable_module
+from service.ownership import Status
 
 ES = read_ticks("es_ticks_2013-09-01_03.csv.gz", 50)
 AAPL = read_ticks("stocks_daily_2000-2013.csv.gz", 40, symbols=["AAPL"])
@@ -80,7 +80,7 @@ def test_the_unreadable_partition_stops_alone_and_says_so(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     names, produced = stream
-    monkeypatch.setattr(worker_module, "UNREADABLE_LOG_SECONDS", 0.5)
+    monkeypatch.setattr(unreadable_module, "LOG_EVERY_SECONDS", 0.5)
     caplog.set_level(logging.INFO, logger="tickprop")
     worker = in_process_worker(broker, redis_url, names)
     tp0 = TopicPartition(names.ticks, 0)

@@ -19,8 +19,8 @@ from worker_kit import (
     tick_records,
 )
 
-from service.embedded import EmbeddedRedis
-from service.worker import Status
+from service.ownership import Status
+from service.tools.embedded import EmbeddedRedis
 
 
 def metric(worker, name: str, **labels: str) -> float:

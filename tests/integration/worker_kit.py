@@ -23,10 +23,10 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from model.learner import LearnerConfig, OnlineLearner
 from service.codec import InvalidTick, decode_tick
-from service.embedded import create_topics
 from service.fetch_guard import guard
-from service.inspect import summarise
 from service.store import Store, connect
+from service.tools.embedded import create_topics
+from service.tools.inspect import summarise
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data"

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from model.learner import LearnerConfig, OnlineLearner
-from service.backtest import Backtest, learner_config, run_rows
 from service.cli import build_parser, main
-from service.ticks_csv import read_ticks
+from service.settings import ConfigError, load_settings
+from service.tools.backtest import Backtest, learner_config, run_rows
+from service.tools.ticks_csv import read_ticks
 
 CSV = """ts,symbol,price,volume
 1704067201000,AAA,10.0,1
@@ -120,25 +121,44 @@ def test_per_symbol_state_equals_a_learner_fed_the_valid_ticks_in_order(small_cs
         assert bt.report()["per_symbol"][symbol]["weights_sha256"] == learner.weights_sha256()
 
 
-def test_settings_come_from_defaults_then_environment_then_flags() -> None:
+def test_settings_come_from_defaults_then_environment_then_flags(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     parser = build_parser()
     args = parser.parse_args(["backtest", "--csv", "x"])
-    assert learner_config(args, {}) == LearnerConfig()
-    env = {
-        "TICKPROP_WINDOW": "8",
-        "TICKPROP_HIDDEN": "16,8",
-        "TICKPROP_LEARNING_RATE": "0.01",
-        "TICKPROP_HORIZONS": "2,3",
-    }
-    assert learner_config(args, env) == LearnerConfig(
+    for name in ("WINDOW", "HIDDEN", "LEARNING_RATE", "SEED", "HORIZONS", "HORIZON"):
+        monkeypatch.delenv(f"TICKPROP_{name}", raising=False)
+    assert learner_config(args) == LearnerConfig()
+    monkeypatch.setenv("TICKPROP_WINDOW", "8")
+    monkeypatch.setenv("TICKPROP_HIDDEN", "16,8")
+    monkeypatch.setenv("TICKPROP_LEARNING_RATE", "0.01")
+    monkeypatch.setenv("TICKPROP_HORIZONS", "2,3")
+    assert learner_config(args) == LearnerConfig(
         window=8, hidden=(16, 8), learning_rate=0.01, horizons=(2, 3)
     )
     argv = ["backtest", "--csv", "x", "--window", "4", "--seed", "3", "--horizons", "7"]
-    assert learner_config(parser.parse_args(argv), env) == LearnerConfig(
+    assert learner_config(parser.parse_args(argv)) == LearnerConfig(
         window=4, hidden=(16, 8), learning_rate=0.01, seed=3, horizons=(7,)
     )
-    with pytest.raises(ValueError, match="TICKPROP_HIDDEN"):
-        learner_config(parser.parse_args(["backtest", "--csv", "x"]), {"TICKPROP_HIDDEN": "a"})
+
+
+def test_learning_settings_are_bounded_as_the_workers_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backtest parses and bounds its settings with the worker's settings code."""
+    parser = build_parser()
+    for name in ("HIDDEN", "HORIZONS", "HORIZON"):
+        monkeypatch.delenv(f"TICKPROP_{name}", raising=False)
+    monkeypatch.setenv("TICKPROP_HIDDEN", "a")
+    with pytest.raises(ConfigError, match="TICKPROP_HIDDEN"):
+        learner_config(parser.parse_args(["backtest", "--csv", "x"]))
+    monkeypatch.setenv("TICKPROP_HIDDEN", "5000")  # over the worker's 4096 bound
+    with pytest.raises(ConfigError, match="TICKPROP_HIDDEN"):
+        learner_config(parser.parse_args(["backtest", "--csv", "x"]))
+    monkeypatch.delenv("TICKPROP_HIDDEN")
+    with pytest.raises(ConfigError, match="--hidden"):
+        learner_config(parser.parse_args(["backtest", "--csv", "x", "--hidden", "0"]))
+    for hidden in ("0", "5000", "x"):
+        with pytest.raises(ConfigError):
+            load_settings(hidden=hidden)
 
 
 def test_a_missing_file_or_bad_setting_exits_2_with_a_message(
@@ -187,26 +207,3 @@ def test_console_script_help_and_run_in_a_fresh_process(small_csv: Path, tmp_pat
     assert "ffbpn" in done.stdout and "reversal" in done.stdout
     assert "ticks/s" in done.stderr  # --progress forces the bar on a pipe
     assert json.loads(out.read_text())["ticks"] == 9
-
-
-def test_tally_counts_what_score_direction_and_p_up_say() -> None:
-    """Tally.add reads Score's fields directly; it must agree with Score's own views."""
-    import math
-    import random
-
-    from model.learner import Score
-    from service.backtest import P_CLIP, Tally
-
-    rng = random.Random(1)
-    fast, slow = Tally(), Tally()
-    for _ in range(500):
-        p = rng.choice([0.0, 0.5, 1.0, rng.random()])
-        score = Score(5, rng.randint(0, 1), p, rng.random(), rng.randint(0, 1), p)
-        fast.add(score)
-        slow.scored += 1
-        for model, d in score.direction.items():
-            slow.hits[model] += d == score.label
-        for model, q in score.p_up.items():
-            slow.loss[model] -= math.log(max(q if score.label else 1 - q, P_CLIP))
-    assert fast.hits == slow.hits and fast.scored == slow.scored
-    assert fast.loss == slow.loss

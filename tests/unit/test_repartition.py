@@ -2,7 +2,7 @@
 
 import pytest
 
-from service.repartition import Move, partition_for, plan
+from service.tools.repartition import Move, partition_for, plan
 
 # Utils.murmur2 of these keys, from Apache Kafka's Java UtilsTest: the hashes Java
 # producers (and kafka-python, whose default partitioner copies them) place keys by.

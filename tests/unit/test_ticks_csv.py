@@ -2,8 +2,8 @@ import gzip
 
 import pytest
 
-from service.produce import synthetic_ticks
-from service.ticks_csv import BadRows, CsvFormatError, read_ticks, valid_ticks
+from service.tools.produce import synthetic_ticks
+from service.tools.ticks_csv import BadRows, CsvFormatError, read_ticks, valid_ticks
 
 
 def write(tmp_path, text, name="t.csv", compress=False):

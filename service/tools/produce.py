@@ -52,19 +52,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.settings import ConfigError, load_settings
-    from service.ticks_csv import BadRows, CsvFormatError, valid_ticks
+    from service.settings import load_settings
+    from service.tools.ticks_csv import BadRows, CsvFormatError, valid_ticks
 
     overrides: dict[str, Any] = {}
     if args.bootstrap:
         overrides["kafka_bootstrap_servers"] = args.bootstrap
     if args.topic:
         overrides["ticks_topic"] = args.topic
-    try:
-        settings = load_settings(**overrides)
-    except ConfigError as exc:
-        print(f"tickprop produce: {exc}", file=sys.stderr)
-        return 2
+    settings = load_settings(
+        flags={"kafka_bootstrap_servers": "--bootstrap", "ticks_topic": "--topic"}, **overrides
+    )
     if args.rate < 0 or not math.isfinite(args.rate):
         print("tickprop produce: --rate must be >= 0", file=sys.stderr)
         return 2

@@ -41,14 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.settings import ConfigError, load_settings
+    from service.settings import load_settings
     from service.store import Store, StoreUnavailable
 
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(f"tickprop inspect: {exc}", file=sys.stderr)
-        return 2
+    settings = load_settings()
     try:
         client = settings.redis_client()
     except StoreUnavailable as exc:

@@ -27,15 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.embedded import EmbeddedBroker, EmbeddedError, EmbeddedRedis
-    from service.settings import ConfigError, load_settings
+    from service.settings import load_settings
+    from service.tools.embedded import EmbeddedBroker, EmbeddedError, EmbeddedRedis
     from service.topics import create_topics
 
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(f"tickprop dev: {exc}", file=sys.stderr)
-        return 2
+    settings = load_settings()
 
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in _SIGNALS}

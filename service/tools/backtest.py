@@ -14,8 +14,8 @@ valid ticks.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -23,32 +23,22 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from model.learner import LearnerConfig, OnlineLearner, Score, check_horizons
-from service.ticks_csv import BadRows, CsvFormatError, CsvRow, read_ticks
+from model.learner import LearnerConfig, OnlineLearner, Score
+from service.scoring import BASELINES, P_CLIP, Tally
+from service.settings import ConfigError, env_name, load_learning_settings
+from service.tools.ticks_csv import BadRows, CsvFormatError, CsvRow, read_ticks
 
-MODELS = ("ffbpn", "base_rate", "persistence", "reversal")
-BASELINES = ("base_rate", "persistence", "reversal")
-PROBABILISTIC = ("ffbpn", "base_rate")
-P_CLIP = 1e-15  # log loss of a probability p uses max(p, 1e-15): no infinite losses
-
-# flag -> (LearnerConfig field, TICKPROP_ variable, parser)
-LEARNING_FLAGS: dict[str, tuple[str, str, Any]] = {
-    "--window": ("window", "TICKPROP_WINDOW", int),
-    "--horizons": ("horizons", "TICKPROP_HORIZONS", check_horizons),
-    "--hidden": ("hidden", "TICKPROP_HIDDEN", None),
-    "--learning-rate": ("learning_rate", "TICKPROP_LEARNING_RATE", float),
-    "--seed": ("seed", "TICKPROP_SEED", int),
-    "--fading-factor": ("fading_factor", "TICKPROP_FADING_FACTOR", float),
-    "--drift-response": ("drift_response", "TICKPROP_DRIFT_RESPONSE", str),
+# flag -> the setting it overrides (TICKPROP_<SETTING>); parsed and bounded by
+# LearningSettings, the same settings code as the worker's.
+LEARNING_FLAGS: dict[str, str] = {
+    "--window": "window",
+    "--horizons": "horizons",
+    "--hidden": "hidden",
+    "--learning-rate": "learning_rate",
+    "--seed": "seed",
+    "--fading-factor": "fading_factor",
+    "--drift-response": "drift_response",
 }
-
-
-def parse_hidden(text: str) -> tuple[int, ...]:
-    """ "32" or "32,16" -> (32,) or (32, 16)."""
-    parts = [p.strip() for p in str(text).split(",")]
-    if not parts or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise ValueError(f'expected comma-separated positive integers like "32,16", got {text!r}')
-    return tuple(int(p) for p in parts)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,14 +55,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="progress bar on stderr (default: only when stderr is a terminal)",
     )
     defaults = LearnerConfig()
-    for flag, (name, env, _) in LEARNING_FLAGS.items():
+    for flag, name in LEARNING_FLAGS.items():
         default = getattr(defaults, name)
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         parser.add_argument(
             flag,
             dest=name,
             default=None,
-            help=f"default ${env}, else {shown} (as the worker)",
+            help=f"default ${env_name(name)}, else {shown} (as the worker)",
         )
     parser.add_argument("--horizon", dest="old_horizon", default=None, help=argparse.SUPPRESS)
     parser.add_argument(
@@ -83,72 +73,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def learner_config(
-    args: argparse.Namespace, environ: dict[str, str] | None = None
-) -> LearnerConfig:
-    """LearnerConfig defaults < TICKPROP_* variables < flags; ValueError names the bad one."""
-    environ = dict(os.environ) if environ is None else environ
+def learner_config(args: argparse.Namespace) -> LearnerConfig:
+    """LearnerConfig defaults < TICKPROP_* variables < flags, through the worker's settings
+    code (`LearningSettings`); ConfigError names the bad variable or flag."""
     old = getattr(args, "old_horizon", None)
     if old is not None:
-        raise ValueError(
+        raise ConfigError(
             f"--horizon {old} is no longer read: use --horizons, a comma list of tick counts "
             f'(e.g. --horizons {old} for that one horizon, or "1,5,20", the default)'
         )
-    if environ.get("TICKPROP_HORIZON", "").strip():
-        raise ValueError(
-            f"TICKPROP_HORIZON={environ['TICKPROP_HORIZON']} is no longer read: set "
-            "TICKPROP_HORIZONS, a comma list of tick counts (e.g. 1,5,20, the default), instead"
-        )
-    values: dict[str, Any] = {}
-    for flag, (name, env, parse) in LEARNING_FLAGS.items():
-        raw, source = getattr(args, name, None), flag
-        if raw is None and environ.get(env, "").strip():
-            raw, source = environ[env], env
-        if raw is None:
-            continue
-        try:
-            values[name] = parse_hidden(raw) if name == "hidden" else parse(raw)
-        except ValueError as exc:
-            raise ValueError(f"{source}: {exc}") from None
+    overrides = {
+        name: getattr(args, name)
+        for name in LEARNING_FLAGS.values()
+        if getattr(args, name, None) is not None
+    }
+    flags = {name: flag for flag, name in LEARNING_FLAGS.items() if name in overrides}
+    config = load_learning_settings(flags, **overrides).learner_config()
     if getattr(args, "dead_band", None) is not None:
-        values["dead_band"] = args.dead_band
-    return LearnerConfig(**values)
+        config = dataclasses.replace(config, dead_band=args.dead_band)
+    return config
 
 
 # ----------------------------------------------------------------- the run
-@dataclass
-class Tally:
-    """Hits and summed log loss of every model over scored predictions."""
-
-    scored: int = 0
-    hits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MODELS, 0))
-    loss: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PROBABILISTIC, 0.0))
-
-    def add(self, score: Score) -> None:
-        """Count one scored prediction (the fields of `Score.direction` and `Score.p_up`,
-        read directly: this runs for every scored prediction)."""
-        label, p, base = score.label, score.p_net, score.p_base
-        self.scored += 1
-        hits = self.hits
-        if (p >= 0.5) == label:
-            hits["ffbpn"] += 1
-        if (base >= 0.5) == label:
-            hits["base_rate"] += 1
-        if score.persist == label:
-            hits["persistence"] += 1
-        else:
-            hits["reversal"] += 1
-        loss = self.loss
-        loss["ffbpn"] -= math.log(max(p if label else 1.0 - p, P_CLIP))
-        loss["base_rate"] -= math.log(max(base if label else 1.0 - base, P_CLIP))
-
-    def accuracy(self, model: str) -> float | None:
-        return self.hits[model] / self.scored if self.scored else None
-
-    def log_loss(self, model: str) -> float | None:
-        return self.loss[model] / self.scored if self.scored else None
-
-
 @dataclass
 class Trace:
     """What the plot draws for one symbol: prices, and every scored prediction per horizon."""
@@ -225,7 +171,7 @@ class Backtest:
                 trace.add(score)
 
     def report(self) -> dict[str, Any]:
-        """The DESIGN.md report (plus `rows`, `skipped` and per-symbol extras).
+        """The report of docs/commands.md (plus `rows`, `skipped` and per-symbol extras).
 
         The top-level `scored`, `model` and `baselines` are the first horizon's;
         `horizons` holds every horizon's, keyed by the horizon as a string.
@@ -291,7 +237,7 @@ def _section(t: Tally) -> dict[str, Any]:
         "baselines": {
             m: {
                 "accuracy": _round(t.accuracy(m)),
-                "log_loss": _round(t.log_loss(m)) if m in PROBABILISTIC else None,
+                "log_loss": _round(t.log_loss(m)),
             }
             for m in BASELINES
         },
@@ -304,7 +250,7 @@ def _round(v: float | None, digits: int = 6) -> float | None:
 
 # ------------------------------------------------------------- reading CSV
 def run_rows(bt: Backtest, rows: Iterable[CsvRow], progress: Progress | None = None) -> Backtest:
-    """Feed CSV rows (`service.ticks_csv.read_ticks`) to the backtest, timing the whole loop
+    """Feed CSV rows (`service.tools.ticks_csv.read_ticks`) to the backtest, timing the whole loop
     (reading and validation included)."""
     start = time.perf_counter()
     add, bad = bt.add, bt.bad

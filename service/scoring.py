@@ -1,0 +1,119 @@
+"""Prequential scores of the learner and its baselines, shared by the worker and the backtest.
+
+Each resolved prediction (`model.learner.Score`) is scored "test, then train": whether each
+model in `MODELS` called the direction right, and the log loss of each probabilistic model
+in `PROB_MODELS`. `Tally` sums them over a whole run (the backtest's report); `RollingScores`
+over the last `size` scored predictions (the worker's live gauges).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+from model.learner import MODELS, PROB_MODELS, Score
+
+BASELINES = tuple(m for m in MODELS if m != "ffbpn")
+P_CLIP = 1e-15  # log loss of a probability p uses p clipped to [1e-15, 1 - 1e-15]: no infinities
+
+
+def log_loss(p_up: float, label: int) -> float:
+    """-log of the probability given to what happened (label 1 = up, 0 = down)."""
+    p = min(max(p_up, P_CLIP), 1.0 - P_CLIP)
+    return -math.log(p if label == 1 else 1.0 - p)
+
+
+def hits(score: Score) -> tuple[int, int, int, int]:
+    """1 where a model called `score.label` right, in MODELS order."""
+    label, persist = score.label, score.persist
+    return (
+        int((score.p_net >= 0.5) == label),
+        int((score.p_base >= 0.5) == label),
+        int(persist == label),
+        int(persist != label),
+    )
+
+
+def losses(score: Score) -> tuple[float, float]:
+    """Log loss of each model in PROB_MODELS order."""
+    return log_loss(score.p_net, score.label), log_loss(score.p_base, score.label)
+
+
+class Tally:
+    """Hits and summed log loss of every model over all scored predictions (a whole run)."""
+
+    def __init__(self) -> None:
+        self.scored = 0
+        self._hits = [0] * len(MODELS)
+        self._losses = [0.0] * len(PROB_MODELS)
+
+    def add(self, score: Score) -> None:
+        """Count one scored prediction: `hits` and `losses` inlined, since this runs for
+        every scored prediction of every horizon in the backtest."""
+        label, p, base = score.label, score.p_net, score.p_base
+        self.scored += 1
+        hit_sums = self._hits
+        if (p >= 0.5) == label:
+            hit_sums[0] += 1
+        if (base >= 0.5) == label:
+            hit_sums[1] += 1
+        hit_sums[2 if score.persist == label else 3] += 1
+        loss_sums, low, high = self._losses, P_CLIP, 1.0 - P_CLIP  # as log_loss() clips
+        p = low if p < low else high if p > high else p
+        base = low if base < low else high if base > high else base
+        loss_sums[0] -= math.log(p if label == 1 else 1.0 - p)
+        loss_sums[1] -= math.log(base if label == 1 else 1.0 - base)
+
+    def accuracy(self, model: str) -> float | None:
+        return self._hits[MODELS.index(model)] / self.scored if self.scored else None
+
+    def log_loss(self, model: str) -> float | None:
+        """Mean log loss; None for a model with no probability or before any score."""
+        if model not in PROB_MODELS or not self.scored:
+            return None
+        return self._losses[PROB_MODELS.index(model)] / self.scored
+
+
+class RollingScores:
+    """Accuracy and log loss of each model over the last `size` scored predictions.
+
+    Sums are kept incrementally (O(1) per score); the float sums are recomputed from the
+    window every `size` scores so rounding cannot drift. Each window entry is the tuple
+    (hit per model in MODELS order, then loss per model in PROB_MODELS order).
+    """
+
+    def __init__(self, size: int = 1000) -> None:
+        self.size = size
+        self.window: deque[tuple[int, int, int, int, float, float]] = deque()
+        self._hits = [0] * len(MODELS)
+        self._losses = [0.0] * len(PROB_MODELS)
+        self._since_resum = 0
+
+    def add(self, score: Score) -> None:
+        calls = hits(score)
+        net_loss, base_loss = losses(score)
+        window, hit_sums, loss_sums = self.window, self._hits, self._losses
+        window.append((*calls, net_loss, base_loss))
+        for i, hit in enumerate(calls):
+            hit_sums[i] += hit
+        loss_sums[0] += net_loss
+        loss_sums[1] += base_loss
+        if len(window) > self.size:
+            old = window.popleft()
+            for i, hit in enumerate(old[:4]):
+                hit_sums[i] -= hit
+            loss_sums[0] -= old[4]
+            loss_sums[1] -= old[5]
+        self._since_resum += 1
+        if self._since_resum >= self.size:
+            self._since_resum = 0
+            loss_sums[0] = math.fsum(e[4] for e in window)
+            loss_sums[1] = math.fsum(e[5] for e in window)
+
+    def accuracy(self, model: str) -> float | None:
+        window = self.window
+        return self._hits[MODELS.index(model)] / len(window) if window else None
+
+    def log_loss(self, model: str) -> float | None:
+        window = self.window
+        return self._losses[PROB_MODELS.index(model)] / len(window) if window else None
