@@ -440,14 +440,15 @@ def plot(trace: Trace, symbol: str, report: dict[str, Any], path: str, zoom: int
     ax_all, ax_zoom, ax_acc, ax_ll = (fig.add_subplot(grid[i]) for i in range(4))
     s = report["settings"]
     scores = ", ".join(
-        f"h={h}: {float(series[h]['hits']['ffbpn'].mean()):.3f} (best baseline "
-        f"{series[h]['best']} {float(series[h]['hits'][series[h]['best']].mean()):.3f})"
+        f"h={h} {float(series[h]['hits']['ffbpn'].mean()):.3f} "
+        f"({float(series[h]['hits'][series[h]['best']].mean()):.3f})"
         for h in horizons
     )
     fig.suptitle(
-        f"tickprop backtest — {symbol}: {len(prices):,} ticks; model accuracy by horizon {scores}\n"
+        f"tickprop backtest — {symbol}: {len(prices):,} ticks; model accuracy (best rule's) "
+        f"by horizon: {scores}\n"
         f"window {s['window']}, horizons {s['horizons']}, hidden {s['hidden']}, "
-        f"learning rate {s['learning_rate']}, seed {s['seed']}",
+        f"learning rate {s['learning_rate']} (h^-{s.get('lr_power', 0)}), seed {s['seed']}",
         fontsize=10,
     )
     ax_all.plot(np.arange(len(prices)), prices, color="#333333", lw=0.6)
@@ -465,7 +466,7 @@ def plot(trace: Trace, symbol: str, report: dict[str, Any], path: str, zoom: int
         skip = min(size, 50)  # a rolling mean over a handful of points is noise
         if n <= skip:
             continue
-        x = np.arange(1, n + 1)[skip:]
+        x = np.asarray(trace.tick[h])[skip:]  # the tick each prediction was made at
         best = data["best"]
         ax_acc.plot(
             x,
@@ -488,16 +489,16 @@ def plot(trace: Trace, symbol: str, report: dict[str, Any], path: str, zoom: int
     ax_acc.set_ylim(-0.02, 1.02)
     ax_acc.axhline(0.5, color="#bbbbbb", lw=0.6, ls=":")
     ax_acc.set_title(
-        "rolling prequential accuracy: model (solid) and its best baseline (dashed), per horizon",
+        "rolling prequential accuracy: model (solid), its best rule (dashed)",
         loc="right",
         fontsize=9,
         color="#555555",
     )
     ax_ll.axhline(0, color="#777777", lw=0.6)
     ax_ll.set_ylabel("log loss − base rate's")
-    ax_ll.set_xlabel("scored prediction (of that horizon)")
+    ax_ll.set_xlabel("tick")
     ax_ll.set_title(
-        "rolling log loss of the model minus the base rate's (below 0: better), per horizon",
+        "rolling log loss of the model minus the base rate's (below 0: better)",
         loc="right",
         fontsize=9,
         color="#555555",
@@ -505,7 +506,7 @@ def plot(trace: Trace, symbol: str, report: dict[str, Any], path: str, zoom: int
     for ax in (ax_acc, ax_ll):
         if ax.lines[1:]:
             ax.legend(
-                loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=6, fontsize=8, frameon=False
+                loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=3, fontsize=8, frameon=False
             )
     fig.savefig(path)
     plt.close(fig)
