@@ -176,7 +176,8 @@ class TickFeatures:
         self.last_price = price
 
     def write(self, x: Array) -> None:
-        """Fill x (shape `(n_features,)`) with the current features."""
+        """Fill x[:n_features] with the current features (x may be longer: the learner's
+        rows end in the networks' bias input, left alone)."""
         moves, pos = self.moves, self.pos
         recent = [moves[pos - i] for i in range(self.k)]  # a negative index wraps the ring
         s = self.last_sign
@@ -184,7 +185,7 @@ class TickFeatures:
         log_mean = math.log1p(mean_run)
         stale = _clip(math.log1p(run) - log_mean)
         # One slice assignment: numpy's per-element stores cost ~10x a Python float's.
-        x[:] = (
+        x[: self.n_features] = (
             *recent,
             s,
             s * self.record,

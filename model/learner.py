@@ -379,7 +379,10 @@ class OnlineLearner:
         # Shared rings over the longest horizon H: what tick n saw sits in slot n % H,
         # read back by every horizon h <= H at tick n + h (before the slot is reused).
         self._ring = ring = max(config.horizons)
-        self.pending_x = np.zeros((ring, n_in))  # the features x of each pending tick
+        # The features x of each pending tick, with a trailing 1 (the networks' bias input),
+        # so a row goes into the networks as it is; pending_x is the view without it.
+        self._x1 = np.ones((ring, n_in + 1))
+        self.pending_x = self._x1[:, :-1]
         self.pending_price = [0.0] * ring
         self.pending_sign = [0.0] * ring  # sign of the last move: persistence's call
         self.pending_ready = [False] * ring
@@ -479,9 +482,9 @@ class OnlineLearner:
             self._targets[k] = float(label)
         slot = n % ring
         if stepping:  # the stored inputs leave the ring before this tick's x may overwrite one
-            self.pending_x.take(self._rows, axis=0, out=self.nets.X_body, mode="clip")
+            self._x1.take(self._rows, axis=0, out=self.nets.X, mode="clip")
         ready = features.ready
-        x = self.pending_x[slot]
+        x = self._x1[slot]
         if ready:
             features.write(x)
         if stepping:

@@ -134,19 +134,25 @@ class StackedNetworks:
         self._bound = [float(np.abs(w).max()) for w in self.wb]
 
     # ----------------------------------------------------------------- forward
-    def _forward(self, p: _Pass) -> Array:
-        """Fill p's activations from its inputs; returns the output pre-activations (K·R,)."""
+    def _forward(self, p: _Pass, first: Array) -> Array:
+        """Fill p's activations from its inputs `first` (p.first, or one row (n_0 + 1,)
+        for the shared pass); returns the output pre-activations (K·R,)."""
         wb, f = self.wb, self._f
-        np.matmul(p.first, wb[0], out=p.z_first)
+        np.matmul(first, wb[0], out=p.z_first)
         for l in range(self._last):
             f[l](p.z[l], p.a_body[l])
             np.matmul(p.a_row[l], wb[l + 1], out=p.z_next[l])
         return p.z_out
 
     def predict(self, x: Array) -> list[float]:
-        """p_up of each of the K networks for one input x of shape (n_0,)."""
-        np.copyto(self._x_body, x)
-        return [_sigmoid(z) for z in self._forward(self._predict_pass).tolist()]
+        """p_up of each of the K networks for one input x: shape (n_0,), or (n_0 + 1,)
+        ending in a 1 (then used in place, no copy)."""
+        if x.shape[0] == self._x.shape[0]:
+            first = x
+        else:
+            np.copyto(self._x_body, x)
+            first = self._x
+        return [_sigmoid(z) for z in self._forward(self._predict_pass, first).tolist()]
 
     # ------------------------------------------------------------------ learn
     def learn(
@@ -167,15 +173,16 @@ class StackedNetworks:
         Returns (refused, predictions). refused: the indices whose step was refused
         because a weight would have become non-finite (their weights and optimiser
         state are unchanged). predictions: with `x` (n_0,), `predict(x)` computed in
-        the same forward pass, with the weights *before* this step; else None.
+        the same forward pass, with the weights *before* this step; else None. Like
+        `predict`'s, x may also be (n_0 + 1,) ending in a 1.
         """
         if not stepping:
             return [], (None if x is None else self.predict(x))
-        if x is not None:
-            np.copyto(self._x2_body, x)  # broadcast to every network's row
+        if x is not None:  # broadcast to every network's row
+            np.copyto(self._x2[1] if x.shape[0] == self._x.shape[0] else self._x2_body, x)
         lp, g, last, lrs, k = self._learn_pass, self._g, self._last, self.learning_rates, self.k
         a, c_col = lp.learn_a, self._c_col
-        z = self._forward(lp).tolist()  # K learning rows, then K prediction rows
+        z = self._forward(lp, lp.first).tolist()  # K learning rows, then K prediction rows
         c = [0.0] * k  # c = -lr·dL/dz_out = lr·(t − y) for log loss on a sigmoid; 0: no step
         for i in stepping:
             c[i] = lrs[i] * (targets[i] - _sigmoid(z[i]))
