@@ -366,14 +366,19 @@ class Horizon:
 class OnlineLearner:
     """One symbol's features, its horizons' networks, pending predictions and baselines."""
 
-    def __init__(self, symbol: str, config: LearnerConfig) -> None:
+    def __init__(
+        self, symbol: str, config: LearnerConfig, nets: StackedNetworks | None = None
+    ) -> None:
+        """A fresh learner; `nets` (restoring a state) replaces the initial networks."""
         self.symbol = symbol
         self.config = config
         self.horizons = [
             Horizon(h, k, config.fading_factor, config.drift_response)
             for k, h in enumerate(config.horizons)
         ]
-        self.nets = StackedNetworks([build_network(symbol, config, h) for h in config.horizons])
+        if nets is None:
+            nets = StackedNetworks([build_network(symbol, config, h) for h in config.horizons])
+        self.nets = nets
         self.features = TickFeatures(config.window)
         k, n_in = len(self.horizons), self.features.n_features
         # Shared rings over the longest horizon H: what tick n saw sits in slot n % H,
@@ -436,7 +441,7 @@ class OnlineLearner:
 
     def network_bytes(self) -> list[bytes]:
         """Each horizon's network as `Network.to_bytes()`, in horizon order."""
-        return [self.nets.network(k).to_bytes() for k in range(len(self.horizons))]
+        return [self.nets.network_bytes(k) for k in range(len(self.horizons))]
 
     def weights_sha256(self) -> str:
         """sha256 of every horizon's network bytes, in horizon order, hex (worker vs backtest)."""
@@ -514,7 +519,7 @@ class OnlineLearner:
         its monitor has boosted steps left (`DriftMonitor.rate_factor`)."""
         drift, k = hz.drift, hz.index
         if alarm and drift.response == "reset":
-            self.nets.load(k, build_network(self.symbol, self.config, hz.h))
+            self.nets.set_weights(k, build_network(self.symbol, self.config, hz.h))
         elif drift.response == "boost":
             self.nets.learning_rates[k] = (
                 horizon_learning_rate(self.config, hz.h) * drift.rate_factor
@@ -651,7 +656,14 @@ def _unpack(blob: bytes, config: LearnerConfig) -> OnlineLearner:
         header = _check_header(header, config)
     except (ValueError, KeyError, TypeError) as exc:
         raise FormatError(f"learner state header: {exc}") from None
-    learner = OnlineLearner(header["symbol"], config)
+    nets = StackedNetworks.blank(
+        len(config.horizons),
+        [n_features(config.window), *config.hidden, 1],
+        [config.activation] * len(config.hidden),
+        config.momentum,
+        config.l2,
+    )
+    learner = OnlineLearner(header["symbol"], config, nets)
     expected = {n: a.shape for n, a in _arrays(learner).items()}
     reader = _Reader(blob, 8 + head_len)
     values: dict[str, np.ndarray] = {}
@@ -661,16 +673,11 @@ def _unpack(blob: bytes, config: LearnerConfig) -> OnlineLearner:
             raise FormatError(f"array {name!r}: expected shape {expected[name]}, found {shape}")
         values[name] = reader.floats(f"array {name!r}", shape)
     floats = [reader.floats(f"horizon {hz.h}", (hz.n_floats(),)) for hz in learner.horizons]
-    nets = [
-        Network.from_bytes(reader.raw(f"network {hz.h}", size))
-        for hz, size in zip(learner.horizons, header["network_bytes"], strict=True)
-    ]
+    for hz, size in zip(learner.horizons, header["network_bytes"], strict=True):
+        nets.load(hz.index, reader.raw(f"network {hz.h}", size))
     if reader.offset != len(blob):
         raise FormatError(f"{len(blob) - reader.offset} unexpected bytes after the networks")
     try:
-        stacked = StackedNetworks(nets)
-        if stacked.sizes != learner.nets.sizes:
-            raise ValueError(f"network sizes {stacked.sizes} != {learner.nets.sizes} of the config")
         learner.features.load_state_arrays(values["features"], values["moves"])
         for hz, meta, f in zip(learner.horizons, header["horizons"], floats, strict=True):
             hz.load(meta["counters"], f)
@@ -679,7 +686,6 @@ def _unpack(blob: bytes, config: LearnerConfig) -> OnlineLearner:
     pending = values["pending"]
     if not (np.isfinite(pending).all() and np.isfinite(values["pending_x"]).all()):
         raise FormatError("pending predictions hold non-finite values")
-    learner.nets = stacked
     np.copyto(learner.pending_x, values["pending_x"])
     learner.pending_price = pending[0].tolist()
     learner.pending_sign = pending[1].tolist()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -34,31 +35,84 @@ _LEN = struct.Struct("<I")
 
 
 def network_to_bytes(net: Network) -> bytes:
+    return network_bytes(
+        net.sizes,
+        [a.name for a in net.activations],
+        net.loss.name,
+        (net.learning_rate, net.momentum, net.l2),
+        (net.steps, net.refused_updates),
+        net._wb,
+        net.velocity,
+    )
+
+
+def network_bytes(
+    sizes: list[int],
+    activations: list[str],
+    loss: str,
+    optimizer: tuple[float, float, float],
+    counters: tuple[int, int],
+    wbs: Sequence[np.ndarray],
+    velocities: Sequence[np.ndarray],
+) -> bytes:
+    """The bytes of a network given as data: optimizer = (learning_rate, momentum, l2),
+    counters = (steps, refused_updates), one weight-and-bias matrix and one velocity per
+    layer (model.stacked writes its K networks this way, without building `Network`s)."""
+    learning_rate, momentum, l2 = optimizer
     header = {
         "format": "tickprop.network",
         "version": VERSION,
         "dtype": DTYPE,
-        "sizes": net.sizes,
-        "activations": [a.name for a in net.activations],
-        "loss": net.loss.name,
+        "sizes": sizes,
+        "activations": activations,
+        "loss": loss,
         "optimizer": {
             "name": "sgd",
-            "learning_rate": net.learning_rate,
-            "momentum": net.momentum,
-            "l2": net.l2,
+            "learning_rate": learning_rate,
+            "momentum": momentum,
+            "l2": l2,
         },
-        "steps": net.steps,
-        "refused_updates": net.refused_updates,
+        "steps": counters[0],
+        "refused_updates": counters[1],
     }
     head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    arrays = [wb.astype(DTYPE, copy=False).tobytes() for wb in net._wb]
-    arrays += [v.astype(DTYPE, copy=False).tobytes() for v in net.velocity]
+    arrays = [wb.astype(DTYPE, copy=False).tobytes() for wb in wbs]
+    arrays += [v.astype(DTYPE, copy=False).tobytes() for v in velocities]
     return b"".join([MAGIC, _LEN.pack(len(head)), head, *arrays])
 
 
 def network_from_bytes(blob: bytes) -> Network:
     from model.network import Network
 
+    header, values = parse_network(blob)
+    sizes = header["sizes"]
+    opt = header["optimizer"]
+    try:
+        net = Network(
+            sizes,
+            activations=header["activations"],
+            loss=header["loss"],
+            learning_rate=opt["learning_rate"],
+            momentum=opt["momentum"],
+            l2=opt["l2"],
+            seed=0,
+        )
+    except ValueError as exc:
+        raise FormatError(f"invalid network header: {exc}") from None
+    offset = 0
+    for target in [*net._wb, *net.velocity]:
+        count = target.size
+        target[...] = values[offset : offset + count].reshape(target.shape)
+        offset += count
+    net.steps = header["steps"]
+    net.refused_updates = header["refused_updates"]
+    net._bound = [float(np.abs(wb).max()) for wb in net._wb]
+    return net
+
+
+def parse_network(blob: bytes) -> tuple[dict[str, Any], np.ndarray]:
+    """(checked header, every weight then every velocity value as one float64 array) of
+    `network_bytes` output; FormatError on anything malformed."""
     if not isinstance(blob, bytes | bytearray | memoryview):
         raise FormatError(f"expected bytes, got {type(blob).__name__}")
     blob = bytes(blob)
@@ -82,28 +136,7 @@ def network_from_bytes(blob: bytes) -> Network:
     values = np.frombuffer(body, dtype=DTYPE).astype(np.float64)
     if not np.isfinite(values).all():
         raise FormatError("weights or optimiser state contain non-finite values")
-    opt = header["optimizer"]
-    try:
-        net = Network(
-            sizes,
-            activations=header["activations"],
-            loss=header["loss"],
-            learning_rate=opt["learning_rate"],
-            momentum=opt["momentum"],
-            l2=opt["l2"],
-            seed=0,
-        )
-    except ValueError as exc:
-        raise FormatError(f"invalid network header: {exc}") from None
-    offset = 0
-    for target in [*net._wb, *net.velocity]:
-        count = target.size
-        target[...] = values[offset : offset + count].reshape(target.shape)
-        offset += count
-    net.steps = header["steps"]
-    net.refused_updates = header["refused_updates"]
-    net._bound = [float(np.abs(wb).max()) for wb in net._wb]
-    return net
+    return header, values
 
 
 def _parse_header(raw: bytes) -> dict[str, Any]:

@@ -27,7 +27,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from model.activations import Array, get_activation
+from model.errors import FormatError
 from model.network import Network
+from model.serialization import network_bytes, parse_network
 
 # Below this, a bound proves a step cannot overflow (as in model.network).
 _SAFE = 1e150
@@ -84,16 +86,40 @@ class StackedNetworks:
                 raise ValueError("stacked networks need one sigmoid output unit with log loss")
             if (net.momentum, net.l2) != (first.momentum, first.l2):
                 raise ValueError("stacked networks need the same momentum and l2")
-        self.k = len(networks)
-        self.sizes = list(first.sizes)
-        self.hidden_activations = names[:-1]
-        self.momentum = first.momentum
-        self.l2 = first.l2
-        self.learning_rates = [net.learning_rate for net in networks]
-        self.steps = [net.steps for net in networks]
-        self.refused = [net.refused_updates for net in networks]
-        self.wb = [np.stack([net._wb[l] for net in networks]) for l in range(len(names))]
-        self.velocity = [np.stack([net.velocity[l] for net in networks]) for l in range(len(names))]
+        self._setup(len(networks), first.sizes, names[:-1], first.momentum, first.l2)
+        for k, net in enumerate(networks):
+            self.learning_rates[k] = net.learning_rate
+            self.steps[k] = net.steps
+            self.refused[k] = net.refused_updates
+            for l in range(len(self.wb)):
+                self.wb[l][k] = net._wb[l]
+                self.velocity[l][k] = net.velocity[l]
+        self._bound = [float(np.abs(w).max()) for w in self.wb]
+
+    @classmethod
+    def blank(
+        cls, k: int, sizes: Sequence[int], hidden: Sequence[str], momentum: float, l2: float
+    ) -> StackedNetworks:
+        """K networks of this shape with zero weights, for `load` to fill (no `Network`s
+        built: restoring a learner's state is then mostly copying)."""
+        stacked = cls.__new__(cls)
+        stacked._setup(k, sizes, hidden, momentum, l2)
+        return stacked
+
+    def _setup(
+        self, k: int, sizes: Sequence[int], hidden: Sequence[str], momentum: float, l2: float
+    ) -> None:
+        self.k = k
+        self.sizes = [int(n) for n in sizes]
+        self.hidden_activations = list(hidden)
+        self.momentum = momentum
+        self.l2 = l2
+        self.learning_rates = [0.0] * k
+        self.steps = [0] * k
+        self.refused = [0] * k
+        shapes = [(k, n + 1, m) for n, m in zip(self.sizes[:-1], self.sizes[1:], strict=True)]
+        self.wb = [np.zeros(shape) for shape in shapes]
+        self.velocity = [np.zeros(shape) for shape in shapes]
         self._allocate()
 
     def _allocate(self) -> None:
@@ -131,7 +157,7 @@ class StackedNetworks:
             and not (self.momentum or self.l2)
         )
         self._fgrad_max = 1.0 if self.hidden_activations[:1] == ["tanh"] else 0.25
-        self._bound = [float(np.abs(w).max()) for w in self.wb]
+        self._bound = [0.0] * len(self.wb)  # max |wb| over the stack, per layer (an upper bound)
 
     # ----------------------------------------------------------------- forward
     def _forward(self, p: _Pass, first: Array) -> Array:
@@ -271,13 +297,49 @@ class StackedNetworks:
         return refused
 
     # ------------------------------------------------------------- networks
-    def load(self, k: int, net: Network) -> None:
+    def set_weights(self, k: int, net: Network) -> None:
         """Put `net`'s weights into row k and clear its momentum (steps and refusals kept)."""
         if net.sizes != self.sizes:
             raise ValueError(f"network sizes {net.sizes} != {self.sizes} of the stack")
         for l, w in enumerate(self.wb):
             np.copyto(w[k], net._wb[l])
             self.velocity[l][k] = 0.0
+        self._bound = [float(np.abs(w).max()) for w in self.wb]
+
+    def network_bytes(self, k: int) -> bytes:
+        """Network k as `Network.to_bytes()` would write it (written from the stack)."""
+        return network_bytes(
+            self.sizes,
+            [*self.hidden_activations, "sigmoid"],
+            "log",
+            (self.learning_rates[k], self.momentum, self.l2),
+            (self.steps[k], self.refused[k]),
+            [w[k] for w in self.wb],
+            [v[k] for v in self.velocity],
+        )
+
+    def load(self, k: int, blob: bytes) -> None:
+        """Network k := the network in `blob` (`Network.to_bytes()` output); FormatError
+        when it is malformed or not of this stack's shape, activations and optimiser."""
+        header, values = parse_network(blob)
+        acts = [*self.hidden_activations, "sigmoid"]
+        opt = header["optimizer"]
+        found = (header["sizes"], header["activations"], header["loss"], opt["momentum"], opt["l2"])
+        if found != (self.sizes, acts, "log", self.momentum, self.l2):
+            raise FormatError(
+                f"network {k}: sizes, activations, loss, momentum, l2 {found} != "
+                f"{(self.sizes, acts, 'log', self.momentum, self.l2)} of the stack"
+            )
+        if not (isinstance(opt["learning_rate"], float) and opt["learning_rate"] > 0):
+            raise FormatError(f"network {k}: learning rate {opt['learning_rate']!r}")
+        offset = 0
+        for target in [*self.wb, *self.velocity]:
+            count = target[k].size
+            target[k] = values[offset : offset + count].reshape(target[k].shape)
+            offset += count
+        self.learning_rates[k] = float(opt["learning_rate"])
+        self.steps[k] = header["steps"]
+        self.refused[k] = header["refused_updates"]
         self._bound = [float(np.abs(w).max()) for w in self.wb]
 
     def network(self, k: int) -> Network:
