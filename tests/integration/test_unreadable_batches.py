@@ -11,6 +11,7 @@ poll() raised once and then spun for ever, and every partition stopped.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import kafka.codec
@@ -28,6 +29,7 @@ from worker_kit import (
     stored_offsets,
     stored_symbols,
     tick_records,
+    wait_until,
 )
 
 from service import unreadable as unreadable_module
@@ -168,3 +170,68 @@ def test_an_operator_skips_the_batch_and_the_dlq_keeps_a_marker(
         positions=[p for i, p in enumerate(produced.positions) if not FIRST <= i <= LAST],
     )
     assert stored_symbols(redis_url, names.group) == reference_symbols(kept)
+
+
+def test_a_second_worker_neither_freezes_nor_unsticks_the_partition(
+    broker: str, redis_url: str, no_snappy: None
+) -> None:
+    """The issue's group stall: the stuck partition moved to the survivor, which froze too.
+    Here a worker joins while another holds an unreadable partition; after the rebalance
+    both go on, every readable partition is read to its end, and the unreadable one is
+    stopped again wherever it landed (its pause does not survive a rebalance unseen)."""
+    names = Names.fresh()
+    produced = Produced()
+    es = tick_records(ES)
+    for records, codec in (
+        (es[:FIRST], "none"),
+        (es[FIRST : LAST + 1], "snappy"),
+        (es[LAST + 1 :], "none"),
+    ):
+        rdkafka_produce(broker, names.ticks, records, codec, 4, partition=0, into=produced)
+    for partition in (1, 2, 3):
+        rdkafka_produce(
+            broker, names.ticks, tick_records(AAPL), "none", 4, partition=partition, into=produced
+        )
+    ends = {0: FIRST, 1: len(AAPL), 2: len(AAPL), 3: len(AAPL)}
+    tp0 = TopicPartition(names.ticks, 0)
+    workers = [in_process_worker(broker, redis_url, names)]
+    done = threading.Event()
+
+    def loop(worker: Any) -> None:  # each worker steps on its own, as in its own process
+        while not done.is_set():
+            worker.step()
+
+    def statuses() -> list[dict[int, Status]]:
+        out = []
+        for worker in workers:
+            with worker._lock:
+                out.append({tp.partition: p.status for tp, p in worker.partitions.items()})
+        return out
+
+    threads = [threading.Thread(target=loop, args=(workers[0],), daemon=True)]
+    threads[0].start()
+    try:
+        wait_until(lambda: statuses()[0].get(0) is Status.UNREADABLE, 60, "partition 0 stopped")
+        workers.append(in_process_worker(broker, redis_url, names))
+        threads.append(threading.Thread(target=loop, args=(workers[1],), daemon=True))
+        threads[1].start()
+
+        def settled() -> bool:
+            held = statuses()
+            stuck = [s[0] for s in held if 0 in s]
+            return (
+                all(held)  # the rebalance gave both a share
+                and stuck == [Status.UNREADABLE]
+                and stored_offsets(redis_url, names.group) == ends
+            )
+
+        wait_until(settled, 60, "both workers reading, partition 0 stopped again")
+        owner, other = sorted(workers, key=lambda w: tp0 not in w.partitions)
+        assert other.ready and not owner.ready
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join(timeout=10)
+        for worker in workers:
+            assert worker.shutdown() == 0
+            worker.publisher.close(timeout=10)
