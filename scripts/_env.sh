@@ -26,3 +26,15 @@ ensure_prometheus() {
     fi
     command -v promtool >/dev/null 2>&1
 }
+
+# The image tests (tests/integration/test_image.py) build the Dockerfile with Debian's
+# buildah (no Docker engine needed) on a base made with debootstrap; as root they
+# install both, otherwise those tests skip and say why.
+ensure_buildah() {
+    command -v buildah >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1 && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing Debian's buildah and debootstrap..." >&2
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends buildah debootstrap) >/dev/null 2>&1 || true
+    fi
+    command -v buildah >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1
+}

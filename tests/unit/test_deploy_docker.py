@@ -1,8 +1,7 @@
 """The container image definition: hadolint-clean and holding the properties the deploy relies on.
 
-No Docker engine runs here, so the image is never built in the suite; these
-tests read the Dockerfile (hadolint's parser plus our own checks) and the lock
-files it installs from.
+These tests read the Dockerfile (hadolint's parser plus our own checks) and the
+lock files it installs from; tests/integration/test_image.py builds and runs it.
 """
 
 from __future__ import annotations
