@@ -41,7 +41,7 @@ from worker_kit import (
     wait_until,
 )
 
-from service.embedded import EmbeddedBroker, EmbeddedRedis, free_port
+from service.tools.embedded import EmbeddedBroker, EmbeddedRedis, free_port
 from service.topics import create_topics
 
 pytestmark = pytest.mark.skipif(missing() is not None, reason=str(missing()))
