@@ -17,28 +17,6 @@ BASELINES = tuple(m for m in MODELS if m != "ffbpn")
 P_CLIP = 1e-15  # log loss of a probability p uses p clipped to [1e-15, 1 - 1e-15]: no infinities
 
 
-def log_loss(p_up: float, label: int) -> float:
-    """-log of the probability given to what happened (label 1 = up, 0 = down)."""
-    p = min(max(p_up, P_CLIP), 1.0 - P_CLIP)
-    return -math.log(p if label == 1 else 1.0 - p)
-
-
-def hits(score: Score) -> tuple[int, int, int, int]:
-    """1 where a model called `score.label` right, in MODELS order."""
-    label, persist = score.label, score.persist
-    return (
-        int((score.p_net >= 0.5) == label),
-        int((score.p_base >= 0.5) == label),
-        int(persist == label),
-        int(persist != label),
-    )
-
-
-def losses(score: Score) -> tuple[float, float]:
-    """Log loss of each model in PROB_MODELS order."""
-    return log_loss(score.p_net, score.label), log_loss(score.p_base, score.label)
-
-
 class Tally:
     """Hits and summed log loss of every model over all scored predictions (a whole run)."""
 
@@ -48,8 +26,8 @@ class Tally:
         self._losses = [0.0] * len(PROB_MODELS)
 
     def add(self, score: Score) -> None:
-        """Count one scored prediction: `hits` and `losses` inlined, since this runs for
-        every scored prediction of every horizon in the backtest."""
+        """Count one scored prediction: a hit where each model in MODELS called the label,
+        and the log loss of each model in PROB_MODELS (p clipped to [P_CLIP, 1 - P_CLIP])."""
         label, p, base = score.label, score.p_net, score.p_base
         self.scored += 1
         hit_sums = self._hits
@@ -58,7 +36,7 @@ class Tally:
         if (base >= 0.5) == label:
             hit_sums[1] += 1
         hit_sums[2 if score.persist == label else 3] += 1
-        loss_sums, low, high = self._losses, P_CLIP, 1.0 - P_CLIP  # as log_loss() clips
+        loss_sums, low, high = self._losses, P_CLIP, 1.0 - P_CLIP
         p = low if p < low else high if p > high else p
         base = low if base < low else high if base > high else base
         loss_sums[0] -= math.log(p if label == 1 else 1.0 - p)
@@ -90,18 +68,34 @@ class RollingScores:
         self._since_resum = 0
 
     def add(self, score: Score) -> None:
-        calls = hits(score)
-        net_loss, base_loss = losses(score)
+        """Add one scored prediction (hits and clipped log losses as `Tally.add` counts
+        them) and drop the oldest beyond `size`; runs for every score of every horizon."""
+        label, p, base, persist = score.label, score.p_net, score.p_base, score.persist
+        low, high = P_CLIP, 1.0 - P_CLIP
+        p = low if p < low else high if p > high else p
+        base = low if base < low else high if base > high else base
+        entry = (
+            1 if (score.p_net >= 0.5) == label else 0,
+            1 if (score.p_base >= 0.5) == label else 0,
+            1 if persist == label else 0,
+            0 if persist == label else 1,
+            -math.log(p if label == 1 else 1.0 - p),
+            -math.log(base if label == 1 else 1.0 - base),
+        )
         window, hit_sums, loss_sums = self.window, self._hits, self._losses
-        window.append((*calls, net_loss, base_loss))
-        for i, hit in enumerate(calls):
-            hit_sums[i] += hit
-        loss_sums[0] += net_loss
-        loss_sums[1] += base_loss
+        window.append(entry)
+        hit_sums[0] += entry[0]
+        hit_sums[1] += entry[1]
+        hit_sums[2] += entry[2]
+        hit_sums[3] += entry[3]
+        loss_sums[0] += entry[4]
+        loss_sums[1] += entry[5]
         if len(window) > self.size:
             old = window.popleft()
-            for i, hit in enumerate(old[:4]):
-                hit_sums[i] -= hit
+            hit_sums[0] -= old[0]
+            hit_sums[1] -= old[1]
+            hit_sums[2] -= old[2]
+            hit_sums[3] -= old[3]
             loss_sums[0] -= old[4]
             loss_sums[1] -= old[5]
         self._since_resum += 1
