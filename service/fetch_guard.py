@@ -100,7 +100,7 @@ class GuardedRecords(Fetcher.PartitionRecords):
     def take(self, n: int | None = None) -> list[Any]:
         try:
             return list(super().take(n))
-        except UnreadableBatch:
+        except Exception:  # the record generator died (UnreadableBatch, as built below)
             self.drain()  # else the fetcher keeps the dead generator in line and spins
             raise
 
@@ -120,16 +120,17 @@ class GuardedRecords(Fetcher.PartitionRecords):
                 codec_missing = isinstance(exc, UnsupportedCodecError)
                 cause = UNSUPPORTED_CODEC if codec_missing else CORRUPT_RECORD
             first: int = max(self.fetch_offset, int(getattr(self, "next_fetch_offset", 0)))
-            raw = _batch_at(self._raw, first)
-            if raw is None:
+            found = _batch_at(self._raw, first)
+            if found is None:
                 raise UnreadableBatch(tp, first, None, cause, error)
-            batch = DefaultRecordBatch(raw)
-            if batch.magic != 2 or cause == UNSUPPORTED_CODEC:
-                raise UnreadableBatch(tp, first, batch.last_offset, cause, error)
+            raw, last, magic = found
+            if magic != 2 or cause == UNSUPPORTED_CODEC:
+                raise UnreadableBatch(tp, first, last, cause, error)
             try:
+                batch = DefaultRecordBatch(raw)
                 recovered = _read_batch(batch, raw)
-            except (KafkaError, ValueError, IndexError, struct.error, NotImplementedError) as exc:
-                raise UnreadableBatch(tp, first, batch.last_offset, cause, repr(exc)) from None
+            except Exception as exc:  # truly corrupt, not just a header name
+                raise UnreadableBatch(tp, first, last, cause, repr(exc)) from None
             for offset, timestamp, key, value, headers, size in recovered:
                 if offset < first:
                     continue
@@ -149,19 +150,26 @@ class GuardedRecords(Fetcher.PartitionRecords):
             self.next_fetch_offset = batch.next_offset
 
 
-def _batch_at(raw: bytes | bytearray | memoryview, offset: int) -> bytes | None:
-    """The bytes of the first whole batch in a fetch response that ends at or after
-    `offset`, None when there is none."""
+def _batch_at(raw: bytes | bytearray | memoryview, offset: int) -> tuple[bytes, int, int] | None:
+    """(bytes, last offset, magic) of the first whole batch in a fetch response that ends
+    at or after `offset`; None when there is none or the bytes make no sense."""
     pos, end = 0, len(raw)
-    while pos + _BATCH_START.size <= end:
+    while pos + _BATCH_START.size + 5 <= end:
         base, length = _BATCH_START.unpack_from(raw, pos)
         stop = pos + _BATCH_START.size + length
         if length <= 0 or stop > end:
             return None
-        # The last offset delta sits after leader epoch (4), magic (1), crc (4), attributes (2).
-        (last_delta,) = struct.unpack_from(">i", raw, pos + 23)
-        if base + last_delta >= offset:
-            return bytes(raw[pos:stop])
+        magic = raw[pos + 16]  # after base offset (8), length (4), epoch or crc (4)
+        if magic >= 2:
+            if stop < pos + DefaultRecordBatch.HEADER_STRUCT.size:
+                return None
+            # The last offset delta follows magic (1), crc (4) and attributes (2).
+            (last_delta,) = struct.unpack_from(">i", raw, pos + 23)
+            last = base + last_delta
+        else:
+            last = base  # message sets v0/v1: an entry's offset is its last (compressed: inner)
+        if last >= offset:
+            return bytes(raw[pos:stop]), last, magic
         pos = stop
     return None
 

@@ -142,3 +142,30 @@ def test_every_codec_kafka_has_is_installed() -> None:
     is an unreadable one (the tests above), so the worker's install must have them."""
     assert kafka.codec.has_gzip() and kafka.codec.has_snappy()
     assert kafka.codec.has_lz4() and kafka.codec.has_zstd()
+
+
+def test_an_old_message_set_without_its_codec_is_named_by_its_own_offsets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Message format v1 (before Kafka 0.11): a compressed entry carries its last offset."""
+    builder = MemoryRecordsBuilder(magic=1, compression_type=SNAPPY, batch_size=1 << 20, offset=4)
+    for value in (A, B, C):
+        builder.append(1_700_000_000_000, b"K", value)
+    builder.close()
+    # A broker gives the wrapper the absolute offset of its last inner message (the
+    # builder leaves 0); the message CRC does not cover the offset.
+    records = (6).to_bytes(8, "big") + bytes(builder.buffer())[8:]
+    monkeypatch.setattr(kafka.codec, "has_snappy", lambda: False)
+    with pytest.raises(UnreadableBatch) as caught:
+        read_all(records, fetch_offset=4)
+    assert (caught.value.first_offset, caught.value.last_offset) == (4, 6)
+
+
+def test_bytes_that_are_no_batch_at_all_are_unreadable_with_an_unknown_end() -> None:
+    junk = (7).to_bytes(8, "big") + (30).to_bytes(4, "big") + bytes([0xFF] * 30)
+    part = GuardedRecords(7, TP, MemoryRecords(junk))
+    with pytest.raises(UnreadableBatch) as caught:
+        part.take(5)
+    exc = caught.value
+    assert (exc.first_offset, exc.last_offset, exc.cause) == (7, None, CORRUPT_RECORD)
+    assert not part  # drained: nothing spins
