@@ -7,6 +7,7 @@ of the learner and its baselines per horizon (`service.scoring.RollingScores`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from typing import TYPE_CHECKING
@@ -16,6 +17,7 @@ from kafka.errors import KafkaError
 
 from model.learner import MODELS, PROB_MODELS
 from service.metrics import Metrics
+from service.ownership import Status
 from service.protocols import Clock, Consumer
 from service.scoring import RollingScores
 
@@ -62,6 +64,12 @@ class Gauges:
             return True
         return math.isinf(age) or age < self.session_timeout_seconds
 
+    def forget(self, partition: int) -> None:
+        """Drop a released partition's own series (none reported yet: nothing to drop)."""
+        for gauge in (self.metrics.consumer_lag, self.metrics.unreadable_partition):
+            with contextlib.suppress(KeyError):
+                gauge.remove(str(partition))
+
     def lag(self, part: Partition) -> int | None:
         """Records on the broker not yet processed (highwater from fetches − next offset)."""
         try:
@@ -86,9 +94,12 @@ class Gauges:
         m.ready.set(1 if ready else 0)
         self._log_silence()
         for part in self.partitions.values():
+            partition = str(part.tp.partition)
+            unreadable = part.status is Status.UNREADABLE
+            m.unreadable_partition.labels(partition=partition).set(1 if unreadable else 0)
             lag = self.lag(part)
             if lag is not None:
-                m.consumer_lag.labels(partition=str(part.tp.partition)).set(lag)
+                m.consumer_lag.labels(partition=partition).set(lag)
         for h, scores in rolling.items():
             horizon = str(h)
             for model in MODELS:

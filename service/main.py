@@ -122,7 +122,7 @@ def _serve(settings: Any, max_idle_seconds: float | None, startup_timeout: float
     )  # fmt: skip
     metrics = Metrics(horizons=settings.horizons)
     worker = Worker(settings, consumer, publisher, store, metrics, dlq_reader=dlq_reader)
-    directory = LockedDirectory(worker.lock, worker.held_learners)
+    directory = LockedDirectory(worker.lock, worker.ownership.held_learners)
     metrics.watch_spread(directory.spread)
     server = serve(
         metrics,

@@ -246,8 +246,8 @@ class Metrics:
         )  # fmt: skip
         self.unreadable_partition = Gauge(
             "tickprop_unreadable_partition",
-            "1 for a partition stopped at a record batch the consumer cannot read (missing "
-            "codec, corrupt record); see TICKPROP_SKIP_UNREADABLE_BATCHES.",
+            "1 for a held partition stopped at a record batch the consumer cannot read "
+            "(missing codec, corrupt record; see TICKPROP_SKIP_UNREADABLE_BATCHES), else 0.",
             ["partition"], registry=r,
         )  # fmt: skip
         self.skipped_records = Counter(

@@ -25,7 +25,8 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from kafka import TopicPartition
+from kafka import OffsetAndMetadata, TopicPartition
+from kafka.errors import KafkaError
 
 from model.learner import LearnerConfig, OnlineLearner
 from service.backoff import backoff
@@ -189,7 +190,35 @@ class Ownership:
                 raise ValueError(f"stored state of symbol {symbol!r} is unreadable: {exc}") from exc
         return learners
 
+    def dead_letters_known(
+        self, part: Partition, read_back: Callable[[Partition], set[int]]
+    ) -> bool:
+        """What an earlier owner dead-lettered after the checkpoint, read back once per
+        claim (`DeadLetters.already_sent`); False, and the partition paused for a new
+        claim, when the DLQ cannot be read."""
+        if part.dlq_sent is not None:
+            return True
+        try:
+            part.dlq_sent = read_back(part)
+        except (KafkaError, ValueError) as exc:
+            part.reset(Status.NEEDS_CLAIM)
+            self.pause(part, exc, "dlq_read_failed")
+            return False
+        return True
+
     # ------------------------------------------------------------------ checkpoints
+    def checkpoint_all(self) -> tuple[bool, dict[TopicPartition, OffsetAndMetadata]]:
+        """Checkpoint every partition whose state is good (shutdown), without committing:
+        whether all persisted, and the offsets to commit for those that did."""
+        ok, offsets = True, {}
+        for tp, part in list(self.partitions.items()):
+            if part.status in PERSISTING:
+                persisted = self.checkpoint(part, commit=False)
+                ok = ok and persisted
+                if persisted and part.next_offset is not None:
+                    offsets[tp] = OffsetAndMetadata(part.next_offset, "", -1)
+        return ok, offsets
+
     def checkpoint_due(self) -> None:
         """Checkpoint every active partition whose cadence is due or whose output failed."""
         for part in list(self.partitions.values()):
@@ -276,3 +305,10 @@ class Ownership:
 
     def symbol_count(self) -> int:
         return sum(len(p.learners) for p in self.partitions.values())
+
+    def held_learners(self) -> dict[int, dict[str, OnlineLearner]]:
+        """Input partition -> {symbol: learner} of the state in memory (for the query API);
+        call under the worker's lock."""
+        return {
+            tp.partition: part.learners for tp, part in self.partitions.items() if part.learners
+        }

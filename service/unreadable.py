@@ -65,12 +65,12 @@ class UnreadableBatches:
         self.metrics = metrics
         self.clock = clock
 
-    def handle(self, exc: UnreadableBatch, dead_letters_known: Callable[[Partition], bool]) -> None:
+    def handle(self, exc: UnreadableBatch, read_back: Callable[[Partition], set[int]]) -> None:
         """Skip the batch if the operator allows, else stop reading that partition (only)."""
         part = self.partitions.get(exc.tp)
         if part is None or part.status is not Status.ACTIVE:
             return  # not ours, or its records are dropped until a seek resumes it
-        if not dead_letters_known(part):
+        if not self.ownership.dead_letters_known(part, read_back):
             return
         if self.skip and exc.last_offset is not None:
             self._skip(part, exc, exc.last_offset)

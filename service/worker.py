@@ -21,7 +21,6 @@ builds the real ones.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import threading
@@ -29,7 +28,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
+from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import KafkaError
 from kafka.partitioner.default import murmur2
 
@@ -40,7 +39,7 @@ from service.checkpoints import FLUSH_TIMEOUT_SECONDS, Checkpoints
 from service.dead_letters import DeadLetters
 from service.fetch_guard import UnreadableBatch
 from service.gauges import Gauges
-from service.ownership import PERSISTING, Ownership, Partition, Status
+from service.ownership import Ownership, Partition, Status
 from service.protocols import Clock, Consumer, Publisher, StateStore
 from service.scoring import RollingScores
 from service.unreadable import UnreadableBatches
@@ -205,7 +204,7 @@ class Worker:
             batch = self.consumer.poll(timeout_ms=self.poll_timeout_ms)
         except UnreadableBatch as exc:  # recurs for that partition only: not a poll failure
             with self._lock:
-                self.unreadable.handle(exc, self._dead_letters_known)
+                self.unreadable.handle(exc, self.dead_letters.already_sent)
                 self._update_gauges()
             self._iteration_at = self.clock.monotonic()
             return
@@ -244,15 +243,8 @@ class Worker:
 
     def shutdown(self) -> int:
         """Checkpoint every partition, commit, close the consumer (leaves the group)."""
-        ok = True
-        offsets = {}
         with self._lock:
-            for tp, part in list(self.partitions.items()):
-                if part.status in PERSISTING:
-                    persisted = self.ownership.checkpoint(part, commit=False)
-                    ok = ok and persisted
-                    if persisted and part.next_offset is not None:
-                        offsets[tp] = OffsetAndMetadata(part.next_offset, "", -1)
+            ok, offsets = self.ownership.checkpoint_all()
             self.partitions.clear()
             self._running = False
             self._update_gauges(force=True)
@@ -287,7 +279,7 @@ class Worker:
     def release(self, tps: Iterable[TopicPartition], commit: bool) -> None:
         """Checkpoint and forget partitions the group took away (`Ownership.release`)."""
         with self._lock:
-            self.ownership.release(tps, commit, self._forget_lag)
+            self.ownership.release(tps, commit, self.gauges.forget)
             self._update_gauges(force=True)
 
     @property
@@ -296,18 +288,6 @@ class Worker:
         (the query API) take it too."""
         return self._lock
 
-    def held_learners(self) -> dict[int, dict[str, OnlineLearner]]:
-        """Input partition -> {symbol: learner} of the state in memory; call under `lock`."""
-        return {
-            tp.partition: part.learners for tp, part in self.partitions.items() if part.learners
-        }
-
-    def _forget_lag(self, partition: int) -> None:
-        """Drop a released partition's own series (none reported yet: nothing to drop)."""
-        for gauge in (self.metrics.consumer_lag, self.metrics.unreadable_partition):
-            with contextlib.suppress(KeyError):
-                gauge.remove(str(partition))
-
     # ------------------------------------------------------------------ records
     def _process_records(
         self, tp: TopicPartition, records: Sequence[Any], polled_at: float
@@ -315,7 +295,7 @@ class Worker:
         part = self.partitions.get(tp)
         if part is None or part.status is not Status.ACTIVE:
             return  # revoked, fenced or paused: read again after the seek that resumes it
-        if not self._dead_letters_known(part):
+        if not self.ownership.dead_letters_known(part, self.dead_letters.already_sent):
             return
         # Checkpoints happen between batches (in step), never between a tick's poll and its
         # publish, so they add to no tick's latency; a batch holds at most poll_max_records,
@@ -328,19 +308,6 @@ class Worker:
             part.next_offset = record.offset + 1
             part.ticks_since_checkpoint += 1
         self._last_record_at = self.clock.monotonic()
-
-    def _dead_letters_known(self, part: Partition) -> bool:
-        """Read back what an earlier owner dead-lettered, once per claim; False (and the
-        partition paused for a new claim) when the DLQ cannot be read."""
-        if part.dlq_sent is not None:
-            return True
-        try:
-            part.dlq_sent = self.dead_letters.already_sent(part)
-        except (KafkaError, ValueError) as exc:
-            part.reset(Status.NEEDS_CLAIM)
-            self.ownership.pause(part, exc, "dlq_read_failed")
-            return False
-        return True
 
     def _process(self, part: Partition, record: Any, polled_at: float) -> None:
         """One record: decode, learn, publish its prediction (or dead-letter it)."""

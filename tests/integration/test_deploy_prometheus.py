@@ -53,6 +53,7 @@ GRAFANA_VARIABLES = {
     "$__interval": "15s",
     "$__range": "5m",
     "$instance": ".*",
+    "$horizon": ".*",  # "All" of the dashboard's horizon variable
 }
 # PromQL words that look like metric names in the extraction below.
 PROMQL_WORDS = {
