@@ -265,7 +265,7 @@ class Horizon:
         self.h = h
         self.index = index
         self.card = Scorecard(fading_factor)  # the published p_up and the baselines, scored
-        self.drift = DriftMonitor(drift_response)  # on the network's own log loss
+        self.drift = DriftMonitor(drift_response, h)  # on the network's own log loss
         # Rings of h slots: the prediction of tick n sits in slot n % h and resolves at
         # tick n + h, just before the slot is reused. Lists: one element per tick.
         self.pending_p = [0.0] * h  # published p_up
@@ -358,7 +358,9 @@ class Horizon:
         self.card = Scorecard.from_state(
             floats[tail : tail + SCORECARD_SIZE], self.card.fading_factor
         )
-        self.drift = DriftMonitor.from_state(floats[tail + SCORECARD_SIZE :], self.drift.response)
+        self.drift = DriftMonitor.from_state(
+            floats[tail + SCORECARD_SIZE :], self.drift.response, self.h
+        )
         self.base = self.base_rate()
         self.w_net = self.mixture_weight()
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.drift import BOOST_FACTOR, BOOST_STEPS, RESPONSES, DriftMonitor, PageHinkley
+from model.drift import (
+    BOOST_FACTOR,
+    BOOST_STEPS,
+    PH_THRESHOLD,
+    RESPONSES,
+    DriftMonitor,
+    PageHinkley,
+)
 
 
 def losses(n_before: int, n_after: int, before: float, after: float, seed: int = 1) -> list[float]:
@@ -95,3 +102,12 @@ def test_bad_settings_and_states_are_refused() -> None:
     for bad in bad_states:
         with pytest.raises(ValueError):
             DriftMonitor.from_state(bad, "none")
+
+
+def test_the_threshold_grows_with_the_square_root_of_the_horizon() -> None:
+    assert DriftMonitor("none", 1).detector.threshold == PH_THRESHOLD
+    assert DriftMonitor("none", 4).detector.threshold == 2 * PH_THRESHOLD
+    restored = DriftMonitor.from_state(DriftMonitor("none", 9).state(), "none", 9)
+    assert restored.detector.threshold == 3 * PH_THRESHOLD
+    with pytest.raises(ValueError, match="horizon"):
+        DriftMonitor("none", 0)
