@@ -24,18 +24,14 @@ from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy.linalg.blas import daxpy as _daxpy
 from scipy.linalg.blas import ddot as _ddot
-from scipy.linalg.blas import dger as _dger
 
+from model import scalar_step
 from model.activations import Activation, Array, get_activation
 from model.errors import RefusedUpdate
 from model.losses import get_loss
 
-# Below this, a step bound proves in advance that no weight can overflow, so the
-# step is applied in place; above it (a tiny share of real steps) the step is
-# computed aside and checked entry by entry. Far from float64's 1.8e308.
-_SAFE = 1e150
+_SAFE = scalar_step.SAFE  # a step bound below this proves every updated weight finite
 # max |f'(z)| of each activation, for the step bounds.
 _FGRAD_MAX = {"sigmoid": 0.25, "tanh": 1.0, "relu": 1.0, "linear": 1.0}
 
@@ -145,7 +141,7 @@ class Network:
         self._fan_in = [n + 1 for n in sizes[:-1]]  # |z_j| <= (n + 1)·max|W|·max|a|
         self._fan_out = sizes[1:]  # |g_i| <= n_{l+1}·max|W|·max|g|·max|f'|
         self._fgrad_fn = [act.grad for act in self.activations]
-        # Every hidden layer within ±1 (and a scalar output): `_next_bounds` applies.
+        # Every hidden layer within ±1 (and a scalar output): `scalar_step.next_bounds` applies.
         self._all_bounded = self._scalar_out and len(sizes) > 2 and all(self._bounded[:-1])
         self._g_scale = [0.0] + [
             self._fan_out[l] * self._fgrad_max[l - 1] for l in range(1, len(sizes) - 1)
@@ -251,9 +247,9 @@ class Network:
         counted) when x, the loss or any updated weight would be non-finite.
         """
         if self._one_hidden_fast and not (self.momentum or self.l2):
-            loss = self._learn_one_hidden(x, _scalar_target(target))
+            loss = scalar_step.learn_one_hidden(self, x, _scalar_target(target))
         elif self._scalar_out and not (self.momentum or self.l2):
-            loss = self._learn_scalar_out(x, _scalar_target(target))
+            loss = scalar_step.learn_scalar_out(self, x, _scalar_target(target))
         else:
             loss, bounds = self._steps_general(x, target)
             self._apply_steps(bounds)
@@ -279,144 +275,6 @@ class Network:
             # max |step| <= ‖a‖·‖delta‖; a NaN anywhere makes the bound NaN (unsafe).
             bounds.append(math.sqrt(_ddot(a, a) * _ddot(delta, delta)))
         return loss, bounds
-
-    def _learn_one_hidden(self, x: ArrayLike, t: float) -> float:
-        """`_learn_scalar_out` written out for the common [n, h, 1] network (sigmoid/tanh
-        hidden layer, plain SGD): same float operations, no per-layer Python loops."""
-        x = x if isinstance(x, np.ndarray) else np.asarray(x, dtype=np.float64)
-        if x.shape != self._in_shape:
-            raise ValueError(f"x must have shape ({self.n_in},), got {x.shape}")
-        a0, h, g = self._a[0], self._a[1], self._delta[0]
-        np.copyto(self._a_body[0], x)
-        xx = _ddot(a0, a0)  # NaN or inf here means x is not finite
-        self._hidden_f(np.matmul(a0, self._wb[0], out=self._z[0]), self._a_body[1])
-        y, delta, loss = self._scalar_loss(_ddot(h, self._w_out), t)
-        if not (loss < math.inf and xx < math.inf):  # False for NaN too
-            self._refuse(f"loss is {loss}, |x|^2 is {xx}")
-        self._out[0] = y
-        self._hidden_grad(self._a_body[1], g)
-        np.multiply(g, self._w_out_body, out=g)
-        c = -self.learning_rate * delta
-        bound_hidden, bound_out = self._bound
-        step_out = abs(c)  # |h| <= 1
-        step_hidden = step_out * math.sqrt(xx) * self._hidden_fgrad_max * bound_out
-        if bound_hidden + step_hidden < _SAFE and bound_out + step_out < _SAFE:
-            _daxpy(h, self._w_out, a=c)
-            _dger(c, g, a0, a=self._wb_t0, overwrite_a=1)
-            self._bound[0] = bound_hidden + step_hidden
-            self._bound[1] = bound_out + step_out
-            return loss
-        self._checked_blas_update(c)
-        return loss
-
-    def _learn_scalar_out(self, x: ArrayLike, t: float) -> float:
-        """Plain SGD for a single output unit: the hot path of the service.
-
-        The output layer runs in scalar math and the hidden deltas are kept without
-        the output's delta, which is folded into one factor c = −lr·delta_L; each
-        layer's update is then one BLAS call (daxpy for the output column, dger for
-        a rank-1 hidden update), so a step costs about a dozen numpy calls in all.
-        """
-        x = x if isinstance(x, np.ndarray) else np.asarray(x, dtype=np.float64)
-        if x.shape != self._in_shape:
-            raise ValueError(f"x must have shape ({self.n_in},), got {x.shape}")
-        a, a_body, wb, g = self._a, self._a_body, self._wb, self._delta
-        np.copyto(a_body[0], x)
-        xx = _ddot(a[0], a[0])  # NaN or inf here means x is not finite
-        last = len(wb) - 1
-        f, fgrad, z = self._f, self._fgrad_fn, self._z
-        for l in range(last):
-            f[l](np.matmul(a[l], wb[l], out=z[l]), a_body[l + 1])
-        y, delta, loss = self._scalar_loss(_ddot(a[last], self._w_out), t)
-        if not (loss < math.inf and xx < math.inf):  # False for NaN too
-            self._refuse(f"loss is {loss}, |x|^2 is {xx}")
-        self._out[0] = y
-        if last:  # g[l] = dL/dz[l] / delta_L, from the top hidden layer down
-            fgrad[last - 1](a_body[last], g[last - 1])
-            np.multiply(g[last - 1], self._w_out_body, out=g[last - 1])
-            for l in range(last - 1, 0, -1):
-                np.matmul(self._w_body[l], g[l], out=g[l - 1])
-                np.multiply(g[l - 1], fgrad[l - 1](a_body[l], self._fgrad[l - 1]), out=g[l - 1])
-        c = -self.learning_rate * delta
-        if self._all_bounded:
-            new = self._next_bounds(abs(c), math.sqrt(xx))
-            if new is not None:
-                self._blas_update(c, self._wb_t)
-                self._bound = new
-                return loss
-        else:
-            bounds = self._scalar_step_bounds(abs(c), math.sqrt(xx))
-            bound = self._bound
-            if max(bound) + max(bounds) < _SAFE:
-                self._blas_update(c, self._wb_t)
-                for l in range(last + 1):
-                    bound[l] += bounds[l]
-                return loss
-        self._checked_blas_update(c)
-        return loss
-
-    def _next_bounds(self, abs_c: float, x_norm: float) -> list[float] | None:
-        """`_scalar_step_bounds` added to the weight bounds, for hidden layers that are all
-        sigmoid or tanh (|a| <= 1, so only x's norm and the weight bounds matter); None
-        when a new bound could reach _SAFE (then the checked path runs)."""
-        bound, last = self._bound, len(self._bound) - 1
-        new = bound.copy()
-        b = bound[last] + abs_c  # |a[last]| <= 1, the bias included
-        if not b < _SAFE:
-            return None
-        new[last] = b
-        g_max = self._fgrad_max[last - 1] * bound[last]
-        for l in range(last - 1, 0, -1):
-            b = bound[l] + abs_c * g_max
-            if not b < _SAFE:
-                return None
-            new[l] = b
-            g_max *= self._g_scale[l] * bound[l]
-        b = bound[0] + abs_c * x_norm * g_max
-        if not b < _SAFE:  # False for NaN too
-            return None
-        new[0] = b
-        return new
-
-    def _checked_blas_update(self, c: float) -> None:
-        """A step that might overflow: the same BLAS calls on copies, committed if all finite."""
-        wb = self._wb
-        trial = [w.copy() for w in wb]
-        self._blas_update(c, [w.T for w in trial])
-        if not all(np.isfinite(w).all() for w in trial):
-            self._refuse("a weight would become non-finite")
-        for l, (w, w1) in enumerate(zip(wb, trial, strict=True)):
-            np.copyto(w, w1)
-            self._bound[l] = float(np.abs(w).max())
-
-    def _blas_update(self, c: float, wb_t: list[Array]) -> None:
-        """wb[l] += c · outer(a[l], g[l]) in place (wb_t[l] = wb[l].T, Fortran-ordered)."""
-        last = len(wb_t) - 1
-        w_out = wb_t[last][0]  # the output unit's weights and bias, contiguous
-        _daxpy(self._a[last], w_out, a=c)
-        for l in range(last):
-            _dger(c, self._delta[l], self._a[l], a=wb_t[l], overwrite_a=1)
-
-    def _scalar_step_bounds(self, abs_c: float, x_norm: float) -> list[float]:
-        """Bounds on max |step| per layer, from scalars only (no numpy calls).
-
-        |step_ij| <= |c|·max|a_i|·max|g_j|: max|a| <= 1 after sigmoid/tanh, else it
-        grows through the weight bounds; max|g| is propagated down through the weight
-        bounds and max |f'| (the constants precomputed in `_allocate_buffers`).
-        """
-        bound, last = self._bound, len(self._wb) - 1
-        a_max = x_norm  # max|a[0]| <= ‖(x, 1)‖
-        a_maxes = [a_max]
-        for l in range(1, last + 1):
-            a_max = 1.0 if self._bounded[l - 1] else self._fan_in[l - 1] * bound[l - 1] * a_max
-            a_maxes.append(max(a_max, 1.0))
-        steps = [abs_c * a_maxes[last]] * (last + 1)
-        g_max = self._fgrad_max[last - 1] * bound[last] if last else 0.0
-        for l in range(last - 1, -1, -1):
-            steps[l] = abs_c * a_maxes[l] * g_max
-            if l:
-                g_max *= self._fan_out[l] * bound[l] * self._fgrad_max[l - 1]
-        return steps
 
     def _scalar_output(self, z: float) -> float:
         """The output activation of one unit in scalar maths."""
