@@ -67,6 +67,20 @@ def field_symbol(name: bytes) -> str:
     return name.removeprefix(ESCAPE).decode("utf-8")
 
 
+# HSET KEYS[1] with the field/value pairs ARGV[first], ARGV[first + 1], ... unpack() of
+# more than ~8,000 values fails ("too many results to unpack"), so the pairs go in chunks
+# of 500; the script that calls it stays one atomic step.
+_HSET_PAIRS_LUA = """
+local function hset_pairs(first)
+  local i = first
+  while i <= #ARGV do
+    local j = math.min(i + 999, #ARGV)
+    redis.call('HSET', KEYS[1], unpack(ARGV, i, j))
+    i = j + 1
+  end
+end
+"""
+
 # KEYS[1] = partition hash, ARGV[1] = the claimant's token. Renew the fence, return the hash.
 _CLAIM_LUA = """
 local stored = redis.call('HGET', KEYS[1], 'epoch')
@@ -86,7 +100,7 @@ return redis.call('HGETALL', KEYS[1])
 # when fenced, {-2, stored_offset} when the stored offset is not the caller's last one
 # (a failover lost checkpoints), {-1, stored_offset} when the offset would go backwards.
 # Nothing is written unless every check passes.
-_CHECKPOINT_LUA = """
+_CHECKPOINT_LUA = _HSET_PAIRS_LUA + """
 local stored_epoch = redis.call('HGET', KEYS[1], 'epoch')
 if stored_epoch ~= ARGV[1] then
   return {0, stored_epoch or ''}
@@ -99,14 +113,7 @@ if stored_offset and tonumber(ARGV[2]) < tonumber(stored_offset) then
   return {-1, stored_offset}
 end
 redis.call('HSET', KEYS[1], 'offset', ARGV[2])
--- unpack() of more than ~8,000 values fails ("too many results to unpack"), so the
--- field/blob pairs go in chunks of 500; the script as a whole stays one atomic step.
-local i = 4
-while i <= #ARGV do
-  local j = math.min(i + 999, #ARGV)
-  redis.call('HSET', KEYS[1], unpack(ARGV, i, j))
-  i = j + 1
-end
+hset_pairs(4)
 return {1}
 """
 
@@ -123,17 +130,12 @@ return redis.call('HGETALL', KEYS[1])
 # 2. Copy into the new hash (KEYS[1]); ARGV = digest of the frozen fields, then field/value
 #    pairs. Returns 1 when the new hash holds them (now or from an earlier run), 0 and the
 #    marker found when it holds other state (never overwritten).
-_COPY_LUA = """
+_COPY_LUA = _HSET_PAIRS_LUA + """
 local mark = redis.call('HGET', KEYS[1], '\\0moved_from')
 if mark == ARGV[1] then return {1, mark} end
 local own = redis.call('HLEN', KEYS[1]) - redis.call('HEXISTS', KEYS[1], 'epoch')
 if mark or own > 0 then return {0, mark or ''} end
-local i = 2
-while i <= #ARGV do
-  local j = math.min(i + 999, #ARGV)
-  redis.call('HSET', KEYS[1], unpack(ARGV, i, j))
-  i = j + 1
-end
+hset_pairs(2)
 redis.call('HSET', KEYS[1], '\\0moved_from', ARGV[1])
 return {1, ARGV[1]}
 """
