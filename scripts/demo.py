@@ -22,12 +22,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+from model.learner import MODELS
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = [
     ROOT / "data" / "es_ticks_2013-09-01_03.csv.gz",
     ROOT / "data" / "stocks_daily_2000-2013.csv.gz",
 ]
-MODELS = ("ffbpn", "base_rate", "persistence", "reversal")
 
 
 def tickprop(*args: str) -> list[str]:

@@ -67,13 +67,10 @@ def plan(symbols_by_partition: Mapping[int, Iterable[str]], partitions: int) -> 
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.settings import ConfigError, load_settings
+    from service.settings import load_settings
     from service.store import Store, StoreError
 
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        return _fail(str(exc), 2)
+    settings = load_settings()  # a bad setting: ConfigError, exit 2 (service.cli)
     group = args.group or settings.group_id
     try:
         store = Store(settings.redis_client(), group)

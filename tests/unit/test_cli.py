@@ -23,7 +23,14 @@ def test_only_the_chosen_commands_module_is_imported() -> None:
 
 
 @pytest.mark.parametrize(
-    "command", [["worker"], ["inspect"], ["dev"], ["produce", "--synthetic", "10"]]
+    "command",
+    [
+        ["worker"],
+        ["inspect"],
+        ["dev"],
+        ["produce", "--synthetic", "10"],
+        ["repartition", "--partitions", "6"],
+    ],
 )
 def test_a_bad_setting_stops_every_command_with_exit_2_naming_it(
     command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
