@@ -227,12 +227,6 @@ def horizon_learning_rate(config: LearnerConfig, horizon: int) -> float:
     )
 
 
-def _log_loss(p_up: float, label: int) -> float:
-    """−ln of the probability given to what happened (clipped at 1e-15: never infinite)."""
-    p = p_up if label else 1.0 - p_up
-    return -math.log(p if p > 1e-15 else 1e-15)
-
-
 class Horizon:
     """One horizon of a symbol's learner: its pending predictions, labels, base rate, mixture.
 
@@ -308,7 +302,7 @@ class Horizon:
             self.ups += 1
         else:
             self.downs += 1
-        self.base = self.base_rate()
+        self.base = (self.ups + 1.0) / (self.ups + self.downs + 2.0)  # base_rate(), inlined
 
     def resolve(self, slot: int, label: int, persist: int, tick: int) -> Score:
         """Score the prediction in `slot` (made with ready features) against `label`,
@@ -316,9 +310,13 @@ class Horizon:
         p_net = self.pending_net[slot]
         p_base = self.pending_base[slot]
         p = self.pending_p[slot]
-        loss = _log_loss(p_net, label)
+        # Each expert's log loss: -ln of the probability it gave to what happened, clipped at
+        # 1e-15 so it stays finite (inlined: this runs for every score of every horizon).
+        q_net = p_net if label else 1.0 - p_net
+        q_base = p_base if label else 1.0 - p_base
+        loss = -math.log(q_net if q_net > 1e-15 else 1e-15)
         self.loss_net += loss
-        self.loss_base += _log_loss(p_base, label)
+        self.loss_base -= math.log(q_base if q_base > 1e-15 else 1e-15)
         self.scored += 1
         self.w_net = self.mixture_weight()
         self.card.add(label, p, p_base, persist)
