@@ -173,7 +173,6 @@ class Session:
         self.root = root
         self.storage = ["--storage-driver", "vfs", "--root", str(root / "storage"),
                         "--runroot", str(root / "run")]  # fmt: skip
-        self.containers: list[str] = []
 
     @classmethod
     def for_this_process(cls, cache: Path) -> Session:
@@ -210,10 +209,8 @@ class Session:
         )
 
     def container(self, image: str) -> str:
-        """A fresh working container of `image` (removed on close)."""
-        name = self.buildah("from", "--pull-never", image).strip()
-        self.containers.append(name)
-        return name
+        """A fresh working container of `image` (deleted with the storage on close)."""
+        return self.buildah("from", "--pull-never", image).strip()
 
     def size(self, container: str) -> int:
         """Bytes of a container's root filesystem (du of its files)."""
@@ -268,13 +265,12 @@ class Session:
         return ["unshare", "--mount", "--propagation", "private", "sh", "-ec", " && ".join(steps)]
 
     def close(self) -> None:
-        for name in self.containers:
-            subprocess.run(["buildah", *self.storage, "rm", name], capture_output=True, timeout=120)
+        """Delete the storage (containers, images) with `rm -rf`: faster than buildah rm each."""
         with open("/proc/self/mountinfo") as f:
             held = [line.split()[4] for line in f if str(self.root) in line.split()[4]]
         if held:  # never delete through a mount that points elsewhere
             raise AssertionError(f"mounts left under {self.root}: {held}")
-        shutil.rmtree(self.root, ignore_errors=True)
+        run(["rm", "-rf", "--one-file-system", str(self.root)])
 
     def __enter__(self) -> Session:
         return self
