@@ -111,6 +111,8 @@ def test_image_worker_publishes_matches_the_backtest_and_stops_on_sigterm(
     try:
         wait_until(lambda: http_status(port, "/readyz") == 200, 90, "/readyz 200")
         ready = time.monotonic() - worker.started
+        status = Path(f"/proc/{worker.main_pid()}/status").read_text()
+        assert re.search(rf"^Uid:\s+{uid}\s+{uid}\s", status, re.M), status  # not root
         wait_until(
             lambda: (metric(port, "tickprop_predictions_total") or 0) > 0, 60, "a prediction"
         )
