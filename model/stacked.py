@@ -41,6 +41,21 @@ def _sigmoid(z: float) -> float:
     return 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
 
 
+def _n_params(sizes: list[int]) -> int:
+    return sum((n + 1) * m for n, m in zip(sizes[:-1], sizes[1:], strict=True))
+
+
+def _layer_views(rows: Array, sizes: list[int]) -> list[Array]:
+    """(K, n_l + 1, n_{l+1}) views of each layer's slice of the rows of `rows` (K, n_params)."""
+    views, offset = [], 0
+    for n, m in zip(sizes[:-1], sizes[1:], strict=True):
+        size = (n + 1) * m
+        # A view, not a copy: each row's slice is contiguous (tests/unit/test_stacked.py)
+        views.append(rows[:, offset : offset + size].reshape(rows.shape[0], n + 1, m))
+        offset += size
+    return views
+
+
 class _Pass:
     """Buffers and views of one forward pass of K networks over inputs `first`.
 
@@ -117,9 +132,12 @@ class StackedNetworks:
         self.learning_rates = [0.0] * k
         self.steps = [0] * k
         self.refused = [0] * k
-        shapes = [(k, n + 1, m) for n, m in zip(self.sizes[:-1], self.sizes[1:], strict=True)]
-        self.wb = [np.zeros(shape) for shape in shapes]
-        self.velocity = [np.zeros(shape) for shape in shapes]
+        # Each network's parameters are one row of a (K, n_params) array, so a whole step is
+        # one add; wb[l] and velocity[l] are (K, n_l + 1, n_{l+1}) views into those rows.
+        self._params = np.zeros((k, _n_params(self.sizes)))
+        self._velocity = np.zeros_like(self._params)
+        self.wb = _layer_views(self._params, self.sizes)
+        self.velocity = _layer_views(self._velocity, self.sizes)
         self._allocate()
 
     def _allocate(self) -> None:
@@ -144,9 +162,10 @@ class StackedNetworks:
         self._fg = [np.zeros((k, n)) for n in sizes[1:-1]]  # f'(z) scratch
         self._c = np.zeros(k)
         self._c_col = self._c[:, None]
-        self._step = [np.zeros_like(w) for w in self.wb]
+        self._steps = np.zeros_like(self._params)  # one step of every parameter
+        self._step = _layer_views(self._steps, sizes)
         self._step_out = self._step[last][:, :, 0]
-        self._trial = [np.zeros_like(w) for w in self.wb]
+        self._trial = np.zeros_like(self._params)
         # Weight views (the weights are always updated in place, so views stay valid).
         self._w_out_body = self.wb[last][:, :-1, 0]  # (K, n_L): output weights, no bias
         self._w_body = [w[:, :-1, :] for w in self.wb]
@@ -227,7 +246,7 @@ class StackedNetworks:
             np.multiply(g[l], c_col, out=g[l])
             np.multiply(lp.learn_a_col[l], self._g_row[l], out=step[l])
         if self._bounded:
-            rmax = max(lrs[k] for k in stepping)
+            rmax = max(lrs)  # bounds every stepping network's rate
             if self._fast_apply(rmax, x_max):
                 return self._count(stepping, []), predictions
         rate = np.zeros(k)
@@ -249,8 +268,7 @@ class StackedNetworks:
         s_in = rmax * max(x_max, 1.0) * self._fgrad_max * b_out
         if not (b_in + s_in < _SAFE and b_out + s_out < _SAFE):  # False for NaN too
             return False
-        for w, s in zip(self.wb, self._step, strict=True):
-            np.add(w, s, out=w)
+        np.add(self._params, self._steps, out=self._params)
         self._bound[0] = b_in + s_in
         self._bound[1] = b_out + s_out
         return True
@@ -274,26 +292,21 @@ class StackedNetworks:
 
     def _checked_apply(self, rate: Array) -> list[int]:
         """wb += step, committed only for networks whose new weights are all finite."""
-        trial, wb = self._trial, self.wb
-        finite = True
-        for w, s, t in zip(wb, self._step, trial, strict=True):
-            np.add(w, s, out=t)
-            finite = finite and bool(np.isfinite(t.sum()))
+        params, trial = self._params, self._trial
+        np.add(params, self._steps, out=trial)
         refused: list[int] = []
-        if not finite:  # find the networks at fault and keep their old weights
-            for k in range(self.k):
-                if not all(np.isfinite(t[k]).all() for t in trial):
-                    refused.append(k)
-                    for w, t in zip(wb, trial, strict=True):
-                        t[k] = w[k]
-                    self.refused[k] += 1
-        moving = rate > 0
-        moving[refused] = False
-        for w, t, v, s in zip(wb, trial, self.velocity, self._step, strict=True):
-            np.copyto(w, t)
-            if self.momentum:  # the new velocity is the step taken
-                np.copyto(v, s, where=moving[:, None, None])
-        self._bound = [float(np.abs(w).max()) for w in wb]
+        if not math.isfinite(float(trial.sum())):  # find the networks at fault
+            ok: list[bool] = np.all(np.isfinite(trial), axis=1).tolist()
+            refused = [k for k in range(self.k) if not ok[k]]
+            for k in refused:
+                trial[k] = params[k]  # keep their old weights
+                self.refused[k] += 1
+        np.copyto(params, trial)
+        if self.momentum:  # the new velocity is the step taken
+            moving = rate > 0
+            moving[refused] = False
+            np.copyto(self._velocity, self._steps, where=moving[:, None])
+        self._bound = [float(np.abs(w).max()) for w in self.wb]
         return refused
 
     # ------------------------------------------------------------- networks

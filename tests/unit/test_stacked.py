@@ -111,6 +111,18 @@ def test_a_step_that_would_overflow_is_refused_for_that_network_only(act: str) -
         assert np.isfinite(w1).all()
 
 
+def test_every_layer_is_a_view_of_the_networks_parameter_rows() -> None:
+    """One add steps every layer: the layers must be views, never copies."""
+    stacked = StackedNetworks(nets([6, 8, 5, 1], 3))
+    for views in (stacked.wb, stacked.velocity, stacked._step):
+        for view in views:
+            assert view.base is not None
+    for w in stacked.wb:
+        assert np.shares_memory(w, stacked._params)
+    stacked._params[1] += 1.0
+    assert all((w[1] == stacked.network(1)._wb[l]).all() for l, w in enumerate(stacked.wb))
+
+
 def test_networks_of_different_shapes_are_refused() -> None:
     with pytest.raises(ValueError, match="one shape"):
         StackedNetworks([*nets([4, 3, 1], 1), *nets([4, 5, 1], 1)])
