@@ -69,9 +69,10 @@ WORKDIR /tmp
 EXPOSE 9108
 
 # slim has no curl: ask /healthz with the interpreter; urlopen raises (exit 1)
-# on a refused connection, a timeout or any non-2xx status.
+# on a refused connection, a timeout or any non-2xx status. `python3`, which
+# every Python base has (Debian's own has no `python`).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('TICKPROP_METRICS_PORT', '9108') + '/healthz', timeout=4)"]
+    CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('TICKPROP_METRICS_PORT', '9108') + '/healthz', timeout=4)"]
 
 ENTRYPOINT ["tickprop"]
 CMD ["worker"]

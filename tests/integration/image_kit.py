@@ -41,9 +41,7 @@ BASE_RECIPE = {
     "suite": "bookworm",
     "mirror": "http://deb.debian.org/debian",
     "variant": "minbase",
-    # python-is-python3: the official images have `python`; the HEALTHCHECK calls it.
-    "packages": ["python3", "python3-pip", "python3-venv", "python-is-python3", "passwd",
-                 "ca-certificates"],
+    "packages": ["python3", "python3-pip", "python3-venv", "passwd", "ca-certificates"],
     "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"],
     "version": 1,  # bump when stand_in_base() changes what it does with the above
 }  # fmt: skip
@@ -116,6 +114,11 @@ def stand_in_base() -> Base:
     with locked(CACHE / "base.lock"):
         if not (archive.exists() and facts.exists()):
             make_base(archive, facts)
+        archive.touch()  # in use: kept while any checkout's recipe uses it
+        for old in CACHE.glob("stand-in-python-*.tar"):
+            if time.time() - old.stat().st_mtime > 7 * 86400:  # another recipe's, unused for long
+                old.unlink()
+                old.with_suffix(".json").unlink(missing_ok=True)
     known = json.loads(facts.read_text())
     return Base(
         archive, known["python"], {(n, v) for n, v in known["distributions"]}, known["size"]
@@ -150,9 +153,6 @@ def make_base(archive: Path, facts: Path) -> None:
             session.buildah("push", "localhost/stand-in-python", f"oci-archive:{partial}")
             partial.rename(archive)
     facts.write_text(json.dumps(known))
-    for old in CACHE.glob("stand-in-python-*"):
-        if old not in (archive, facts):
-            old.unlink()  # an older recipe's base
 
 
 @dataclass(frozen=True)

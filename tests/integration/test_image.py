@@ -143,10 +143,11 @@ def test_image_worker_publishes_matches_the_backtest_and_stops_on_sigterm(
 
 def test_image_carries_the_locked_runtime_and_no_build_tools(built: Built) -> None:
     """Compared with its base, the image adds tickprop and the lock's packages, nothing else."""
-    done = built.session.exec(built.container, ["python", "-c", DISTRIBUTIONS])
+    done = built.session.exec(built.container, ["python3", "-c", DISTRIBUTIONS])
     assert done.returncode == 0, done.stderr
     added = {(n, v) for n, v in json.loads(done.stdout)["distributions"]} - built.base.distributions
-    python = {"python_full_version": built.base.python, "python_version": built.base.python[:4]}
+    version = built.base.python
+    python = {"python_full_version": version, "python_version": version.rsplit(".", 1)[0]}
     locked = set()
     for line in re.sub(r"\\\n", " ", LOCK.read_text()).splitlines():
         if line.strip() and not line.startswith("#"):
@@ -156,7 +157,7 @@ def test_image_carries_the_locked_runtime_and_no_build_tools(built: Built) -> No
                 locked.add((name, version))
     tickprop = {(n, v) for n, v in added if n == "tickprop"}
     assert added - tickprop == locked and len(tickprop) == 1
-    probe = built.session.exec(built.container, ["python", "-c", LEFTOVERS])
+    probe = built.session.exec(built.container, ["python3", "-c", LEFTOVERS])
     assert probe.returncode == 0 and probe.stdout.strip() == "", probe.stdout + probe.stderr
     print(f"\nimage: {built.size / 1e6:.0f} MB, of which base {built.base.size / 1e6:.0f} MB")
 

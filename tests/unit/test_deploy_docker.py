@@ -84,7 +84,7 @@ def test_entry_point_health_check_and_port(steps: list[tuple[str, str]]) -> None
 def test_health_check_command_is_valid_python(steps: list[tuple[str, str]]) -> None:
     health = dict(stages(steps)[-1])["HEALTHCHECK"]
     argv = json.loads(health[health.index("[") :])
-    assert argv[:2] == ["python", "-c"]
+    assert argv[:2] == ["python3", "-c"]  # Debian's Python has no `python` command
     compile(argv[2], "<healthcheck>", "exec")
 
 
