@@ -56,6 +56,13 @@ found += [p for p in ("/root/.cache", "/nonexistent/.cache", "/tmp/wheels", "/sr
 found += [str(f) for f in m.files("tickprop") if str(f).startswith("tests")]
 print("\\n".join(found))
 """
+CODECS = """
+from kafka import codec
+for name in ("gzip", "snappy", "lz4", "zstd"):
+    data = b"tick " * 1000
+    encoded = getattr(codec, name + "_encode")(data)
+    assert getattr(codec, name + "_decode")(encoded) == data, name
+"""
 
 
 class Built:
@@ -159,6 +166,9 @@ def test_image_carries_the_locked_runtime_and_no_build_tools(built: Built) -> No
     assert added - tickprop == locked and len(tickprop) == 1
     probe = built.session.exec(built.container, ["python3", "-c", LEFTOVERS])
     assert probe.returncode == 0 and probe.stdout.strip() == "", probe.stdout + probe.stderr
+    # Every compression codec Kafka may use decodes in the image (native wheels load here).
+    codecs = built.session.exec(built.container, ["python3", "-c", CODECS])
+    assert codecs.returncode == 0, codecs.stderr
     print(f"\nimage: {built.size / 1e6:.0f} MB, of which base {built.base.size / 1e6:.0f} MB")
 
 
