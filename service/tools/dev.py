@@ -1,5 +1,6 @@
 """Start a local Kafka-compatible broker (Tansu, in memory) and a redis-server for
-development, create the topics, print the TICKPROP_* settings to export, and keep
+development (with --redis-cluster: a Redis Cluster of 3 masters and 3 replicas),
+create the topics, print the TICKPROP_* settings to export, and keep
 both running until Ctrl-C or SIGTERM, then stop them. Needs the `embedded` extra.
 """
 
@@ -24,11 +25,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--persist-redis", action="store_true",
         help="keep Redis data in an append-only file while this runs (survives a Redis restart)",
     )  # fmt: skip
+    parser.add_argument(
+        "--redis-cluster", action="store_true",
+        help="a Redis Cluster of 3 masters and 3 replicas on free ports instead of one "
+        "redis-server (for TICKPROP_REDIS_CLUSTER=true)",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
     from service.settings import load_settings
-    from service.tools.embedded import EmbeddedBroker, EmbeddedError, EmbeddedRedis
+    from service.tools.embedded import (
+        EmbeddedBroker,
+        EmbeddedError,
+        EmbeddedRedis,
+        EmbeddedRedisCluster,
+    )
     from service.topics import create_topics
 
     settings = load_settings()
@@ -37,7 +48,11 @@ def run(args: argparse.Namespace) -> int:
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in _SIGNALS}
     try:
         broker = EmbeddedBroker(port=args.kafka_port or None)
-        redis = EmbeddedRedis(port=args.redis_port or None, persist=args.persist_redis)
+        redis: Any = (
+            EmbeddedRedisCluster()
+            if args.redis_cluster
+            else EmbeddedRedis(port=args.redis_port or None, persist=args.persist_redis)
+        )
         with broker, redis:
             topics = [settings.ticks_topic, settings.predictions_topic, settings.dlq_topic]
             create_topics(broker.bootstrap, topics, partitions=settings.topic_partitions)
@@ -68,9 +83,12 @@ def _banner(broker: Any, redis: Any, settings: Any, topics: list[str]) -> str:
         "TICKPROP_PREDICTIONS_TOPIC": settings.predictions_topic,
         "TICKPROP_DLQ_TOPIC": settings.dlq_topic,
     }
+    nodes = getattr(redis, "nodes", [redis])
+    if len(nodes) > 1:
+        exports["TICKPROP_REDIS_CLUSTER"] = "true"
     lines = [
         f"# broker (Tansu, in memory) pid {broker.pid} on {broker.bootstrap}",
-        f"# redis-server pid {redis.pid} on {redis.url}",
+        *(f"# redis-server pid {node.pid} on {node.url}" for node in nodes),
         f"# topics {', '.join(topics)} ({settings.topic_partitions} partitions)",
         "# paste into another shell, then run `tickprop worker` / `tickprop produce`:",
     ]

@@ -441,6 +441,13 @@ class EmbeddedRedisCluster:
         client = self.client(replica)
         self._wait(lambda: client.info("replication")["role"] == "master", "failover", timeout)
 
+    def running(self) -> bool:
+        """Whether any node still runs (a killed master's replica may serve its slots)."""
+        return any(node.running() for node in self.nodes)
+
+    def log_tail(self, max_bytes: int = 600) -> str:
+        return "\n".join(f"[node :{n.port}] {n.log_tail(max_bytes)}" for n in self.nodes)
+
     def close(self) -> None:
         for node in self.nodes:
             node.close()
