@@ -70,18 +70,22 @@ class Checkpoints:
         self.clock = clock
 
     def is_due(self, part: Partition) -> bool:
-        """New ticks since the last checkpoint, and `every_ticks` of them or `every_seconds`."""
+        """New ticks since the last checkpoint, and `every_ticks` of them or `every_seconds`;
+        or, for an idle partition, `every_seconds` since Redis was last checked (`verify`)."""
+        elapsed = self.clock.monotonic() - part.last_checkpoint_at
         if part.ticks_since_checkpoint == 0:
-            return False
-        if part.ticks_since_checkpoint >= self.every_ticks:
-            return True
-        return self.clock.monotonic() - part.last_checkpoint_at >= self.every_seconds
+            return part.stored_offset is not None and elapsed >= self.every_seconds
+        return part.ticks_since_checkpoint >= self.every_ticks or elapsed >= self.every_seconds
 
     def write(self, part: Partition, commit: bool = True) -> tuple[Outcome, Exception | None]:
-        """Flush, persist, commit `part`; the outcome and the error behind a failure."""
-        tp = part.tp
-        if part.next_offset is None or (part.ticks_since_checkpoint == 0 and not part.send_failed):
+        """Flush, persist, commit `part`; the outcome and the error behind a failure.
+
+        A partition with nothing new is only verified, when due (`verify`).
+        """
+        if part.next_offset is None:
             return Outcome.PERSISTED, None
+        if part.ticks_since_checkpoint == 0 and not part.send_failed:
+            return self.verify(part) if self.is_due(part) else (Outcome.PERSISTED, None)
         started = self.clock.perf_counter()
         # 1. flush: every output before next_offset confirmed, or the partition rewinds.
         try:
@@ -96,9 +100,45 @@ class Checkpoints:
         # 2. persist: changed learners and the offset, atomically, if our epoch still holds.
         blobs = {symbol: part.learners[symbol].to_bytes() for symbol in part.dirty}
         mark = None if part.dlq_last is None else part.dlq_last + 1
+        outcome, error = self._persist(part, part.next_offset, blobs, mark)
+        if outcome is not Outcome.PERSISTED:
+            return outcome, error
+        part.stored_offset = part.next_offset
+        self.metrics.checkpoints.inc()
+        self.metrics.checkpoint_seconds.observe(self.clock.perf_counter() - started)
+        self.metrics.last_checkpoint_timestamp_seconds.set(self.clock.time())
+        self.metrics.dependency_up.labels(dependency="redis").set(1)
+        part.dirty.clear()
+        part.ticks_since_checkpoint = 0
+        part.last_checkpoint_at = self.clock.monotonic()
+        # 3. commit: Kafka's committed offset follows Redis.
+        if commit:
+            self.commit(part.tp, part.next_offset)
+        return Outcome.PERSISTED, None
+
+    def verify(self, part: Partition) -> tuple[Outcome, Exception | None]:
+        """Check that Redis still holds our fence and the offset we stored last.
+
+        A Redis failover can lose the last checkpoint of a partition that then gets no
+        more ticks: nothing would notice, and Redis would keep the older state while we
+        believe ours is stored. An empty checkpoint at the stored offset (the same fence
+        and offset checks, nothing new written) finds it, so the partition is re-read.
+        """
+        if part.stored_offset is None:  # never stored: nothing to check
+            return Outcome.PERSISTED, None
+        outcome, exc = self._persist(part, part.stored_offset, {}, None)
+        if outcome is Outcome.PERSISTED:
+            part.last_checkpoint_at = self.clock.monotonic()
+        return outcome, exc
+
+    def _persist(
+        self, part: Partition, offset: int, blobs: dict[str, bytes], mark: int | None
+    ) -> tuple[Outcome, Exception | None]:
+        """One fenced write of `blobs` and `offset`; the outcome and the error behind it."""
+        tp = part.tp
         try:
             self.store.checkpoint(
-                tp.topic, tp.partition, part.epoch, part.next_offset, blobs, dlq_mark=mark,
+                tp.topic, tp.partition, part.epoch, offset, blobs, dlq_mark=mark,
                 stored_offset=part.stored_offset,
             )  # fmt: skip
         except StateWentBack as exc:
@@ -111,17 +151,6 @@ class Checkpoints:
         except (StoreUnavailable, OffsetWentBackwards) as exc:
             self.metrics.checkpoint_failures.inc()
             return Outcome.FAILED, exc
-        part.stored_offset = part.next_offset
-        self.metrics.checkpoints.inc()
-        self.metrics.checkpoint_seconds.observe(self.clock.perf_counter() - started)
-        self.metrics.last_checkpoint_timestamp_seconds.set(self.clock.time())
-        self.metrics.dependency_up.labels(dependency="redis").set(1)
-        part.dirty.clear()
-        part.ticks_since_checkpoint = 0
-        part.last_checkpoint_at = self.clock.monotonic()
-        # 3. commit: Kafka's committed offset follows Redis.
-        if commit:
-            self.commit(tp, part.next_offset)
         return Outcome.PERSISTED, None
 
     def commit(self, tp: TopicPartition, offset: int) -> None:

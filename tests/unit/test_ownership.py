@@ -169,6 +169,46 @@ def test_a_checkpoint_lost_by_a_failover_makes_the_owner_reread_the_older_state(
     assert part.learners["ES"].to_bytes() == older.blobs["ES"]
 
 
+def test_an_idle_partition_whose_last_checkpoint_a_failover_lost_is_read_again() -> None:
+    """No tick follows the lost checkpoint: the periodic check of an idle partition finds it."""
+    rig = Rig()
+    part = rig.assign()
+    rig.learn(part, 10)
+    assert rig.ownership.checkpoint(part)
+    older = rig.store.load_all()[("ticks", 0)]
+    rig.learn(part, 4)
+    assert rig.ownership.checkpoint(part)  # the last ticks of the stream, then silence
+    rig.store._hashes[("ticks", 0)].offset = older.offset  # what a failover may leave
+    rig.store._hashes[("ticks", 0)].blobs = dict(older.blobs)
+    rig.clock.advance(4.9)
+    rig.ownership.checkpoint_due()
+    assert part.status is Status.ACTIVE  # not due yet: one check per checkpoint interval
+    rig.clock.advance(0.1)
+    rig.ownership.checkpoint_due()
+    assert part.status is Status.NEEDS_CLAIM and not part.learners
+    rig.retry_after(0.25)
+    assert part.status is Status.ACTIVE and part.next_offset == 10  # ticks 10-13 read again
+    assert rig.consumer.seeks[-1] == (TP, 10)
+
+
+def test_an_idle_partition_is_checked_without_writing_and_a_store_outage_pauses_it() -> None:
+    rig = Rig()
+    part = rig.assign()
+    rig.learn(part, 10)
+    assert rig.ownership.checkpoint(part)
+    checkpoints = rig.metrics.checkpoints._value.get()
+    rig.clock.advance(5.0)
+    rig.ownership.checkpoint_due()
+    assert part.status is Status.ACTIVE and rig.metrics.checkpoints._value.get() == checkpoints
+    rig.store.available = False
+    rig.clock.advance(5.0)
+    rig.ownership.checkpoint_due()
+    assert part.status is Status.CHECKPOINT_FAILING  # state kept, Redis unconfirmed
+    rig.store.available = True
+    rig.retry_after(0.25)
+    assert part.status is Status.ACTIVE and part.next_offset == 10
+
+
 def test_releasing_a_lost_partition_checkpoints_without_committing() -> None:
     rig = Rig()
     part = rig.assign()
