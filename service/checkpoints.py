@@ -123,12 +123,17 @@ class Checkpoints:
         more ticks: nothing would notice, and Redis would keep the older state while we
         believe ours is stored. An empty checkpoint at the stored offset (the same fence
         and offset checks, nothing new written) finds it, so the partition is re-read.
+        Redis being unreachable does not pause an idle partition (it has nothing to
+        write); its next tick's checkpoint would.
         """
         if part.stored_offset is None:  # never stored: nothing to check
             return Outcome.PERSISTED, None
         outcome, exc = self._persist(part, part.stored_offset, {}, None)
-        if outcome is Outcome.PERSISTED:
-            part.last_checkpoint_at = self.clock.monotonic()
+        part.last_checkpoint_at = self.clock.monotonic()  # one check per interval at most
+        if outcome is Outcome.FAILED:
+            # Redis unreachable (counted): nothing new waits to be written, so the
+            # partition goes on; the next interval checks again.
+            return Outcome.PERSISTED, None
         return outcome, exc
 
     def _persist(
