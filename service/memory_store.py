@@ -61,7 +61,7 @@ class MemoryStore:
         if h is None or h.epoch != epoch:
             stored = "none" if h is None else h.epoch
             raise Fenced(f"{where}: epoch {epoch} != stored {stored}")
-        if h.offset != stored_offset:
+        if h.offset not in (stored_offset, offset):  # offset: an applied earlier attempt
             raise StateWentBack(f"{where}: stored offset {h.offset} is not {stored_offset}")
         if h.offset is not None and offset < h.offset:
             raise OffsetWentBackwards(f"{where}: offset {offset} < stored {h.offset}")

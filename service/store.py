@@ -97,8 +97,9 @@ return redis.call('HGETALL', KEYS[1])
 
 # KEYS[1] = partition hash; ARGV = epoch, offset, the offset the caller stored last ('' for
 # none), then field1, blob1, field2, blob2, ... Returns {1} when written, {0, stored_epoch}
-# when fenced, {-2, stored_offset} when the stored offset is not the caller's last one
-# (a failover lost checkpoints), {-1, stored_offset} when the offset would go backwards.
+# when fenced, {-2, stored_offset} when the stored offset is neither the caller's last one
+# nor this checkpoint's (a failover lost checkpoints), {-1, stored_offset} when the offset
+# would go backwards.
 # Nothing is written unless every check passes.
 _CHECKPOINT_LUA = _HSET_PAIRS_LUA + """
 local stored_epoch = redis.call('HGET', KEYS[1], 'epoch')
@@ -106,7 +107,10 @@ if stored_epoch ~= ARGV[1] then
   return {0, stored_epoch or ''}
 end
 local stored_offset = redis.call('HGET', KEYS[1], 'offset')
-if (stored_offset or '') ~= ARGV[3] then
+-- ARGV[2] too: an earlier attempt of this very checkpoint that timed out but was applied
+-- (the partition takes no ticks until its checkpoint succeeds, so it wrote a subset of
+-- these symbols at this offset, under our fence).
+if (stored_offset or '') ~= ARGV[3] and stored_offset ~= ARGV[2] then
   return {-2, stored_offset or ''}
 end
 if stored_offset and tonumber(ARGV[2]) < tonumber(stored_offset) then
@@ -329,7 +333,9 @@ class Store:
 
         ``stored_offset`` is the offset this owner last stored (or found at its claim).
         Raises ``Fenced`` when another claim happened since ours, ``StateWentBack`` when the
-        stored offset is not ``stored_offset`` (a failover lost checkpoints), and
+        stored offset is neither ``stored_offset`` nor ``offset`` (a failover lost
+        checkpoints; ``offset``: an earlier attempt of this checkpoint that timed out
+        but was applied, which this one repeats), and
         ``OffsetWentBackwards`` when ``offset`` is below the stored one; nothing is written
         in any of these cases. ``dlq_mark``, when given, is written in the same step.
         """

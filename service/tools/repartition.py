@@ -32,7 +32,7 @@ HIGHWATER_TIMEOUT_SECONDS = 15.0
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--partitions", type=int, required=True, metavar="N", help="the new partition count"
+        "--partitions", type=_count, required=True, metavar="N", help="the new partition count"
     )
     parser.add_argument(
         "--apply", action="store_true", help="do it (default: print the plan, change nothing)"
@@ -40,6 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--group", help="consumer group whose state to move (default: TICKPROP_GROUP_ID)"
     )
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 @dataclass(frozen=True, order=True)
@@ -71,12 +78,16 @@ def run(args: argparse.Namespace) -> int:
     from service.store import Store, StoreError
 
     settings = load_settings()  # a bad setting: ConfigError, exit 2 (service.cli)
-    group = args.group or settings.group_id
     try:
-        store = Store(settings.redis_client(), group)
+        store = Store(settings.redis_client(), args.group or settings.group_id)
+    except StoreError as exc:
+        return _fail(str(exc))
+    try:
         return _repartition(settings, store, args.partitions, args.apply)
     except StoreError as exc:
         return _fail(str(exc))
+    finally:
+        store.client.close()
 
 
 def _repartition(settings: Any, store: Any, wanted: int, apply: bool) -> int:

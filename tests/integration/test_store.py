@@ -272,3 +272,17 @@ def test_state_under_both_layouts_is_a_conflict_and_both_are_kept(redis_store: S
     assert store.client.hget(old, "ES") == b"old"
     assert store.load_all()[("ticks", 0)].blobs == {"ES": b"new"}
     assert store.legacy_partitions() == [("ticks", 0)]
+
+
+def test_a_checkpoint_repeated_after_a_timeout_that_was_applied_is_not_state_gone_back(
+    store: Store,
+) -> None:
+    """The first attempt timed out but Redis applied it; the retry (same offset, the same
+    or more symbols: the partition took no ticks meanwhile) completes it."""
+    epoch = store.claim("ticks", 0).epoch
+    store.checkpoint("ticks", 0, epoch, 10, {"A": b"a10"}, stored_offset=None)
+    store.checkpoint("ticks", 0, epoch, 20, {"A": b"a20"}, stored_offset=10)  # "timed out"
+    store.checkpoint("ticks", 0, epoch, 20, {"A": b"a20", "B": b"b20"}, stored_offset=10)
+    assert store.load_all()[("ticks", 0)].blobs == {"A": b"a20", "B": b"b20"}
+    with pytest.raises(StateWentBack):  # any other offset is not that attempt
+        store.checkpoint("ticks", 0, epoch, 25, {"A": b"a25"}, stored_offset=10)
