@@ -74,6 +74,9 @@ class LearnerConfig:
     # Horizon h learns at learning_rate · h^-lr_power: its consecutive labels overlap in
     # h - 1 of their h ticks, so unscaled steps would count the same evidence ~h times.
     lr_power: float = 0.5
+    # Each network's output adds its horizon's base-rate logit (known when it predicts): it
+    # learns a correction to the base rate, starting at the base rate, not at 0.5.
+    base_rate_offset: bool = True
     fading_factor: float = 0.999  # of the scorecards' faded figures (TICKPROP_FADING_FACTOR)
     drift_response: str = "none"  # on a drift alarm: none, reset, boost (TICKPROP_DRIFT_RESPONSE)
 
@@ -184,6 +187,11 @@ class TickResult:
     step_seconds: tuple[float, ...]  # wall time of the stacked forward + backward + update
 
 
+def _logit(p: float) -> float:
+    """ln(p / (1 − p)) for p in (0, 1) (a base rate is never 0 or 1)."""
+    return math.log(p / (1.0 - p))
+
+
 def symbol_seed(seed: int, symbol: str) -> int:
     """A 64-bit seed from (seed, symbol) by SHA-256: stable across processes and versions."""
     digest = hashlib.sha256(f"tickprop/{seed}/{symbol}".encode()).digest()
@@ -247,6 +255,7 @@ class Horizon:
         "pending_base",
         "base",
         "w_net",
+        "base_logit",
         "card",
         "drift",
         *COUNTERS,
@@ -273,6 +282,7 @@ class Horizon:
         # Derived from the state above, kept because every tick reads them:
         self.base = 0.5  # base_rate()
         self.w_net = 0.5  # the network's weight in the published p_up: mixture_weight()
+        self.base_logit = 0.0  # ln(base / (1 − base))
 
     def base_rate(self) -> float:
         """p_up of the base-rate baseline: (ups + 1) / (labels + 2)."""
@@ -303,6 +313,7 @@ class Horizon:
         else:
             self.downs += 1
         self.base = (self.ups + 1.0) / (self.ups + self.downs + 2.0)  # base_rate(), inlined
+        self.base_logit = _logit(self.base)
 
     def resolve(self, slot: int, label: int, persist: int, tick: int) -> Score:
         """Score the prediction in `slot` (made with ready features) against `label`,
@@ -360,6 +371,7 @@ class Horizon:
             floats[tail + SCORECARD_SIZE :], self.drift.response, self.h
         )
         self.base = self.base_rate()
+        self.base_logit = _logit(self.base)
         self.w_net = self.mixture_weight()
 
 
@@ -398,6 +410,7 @@ class OnlineLearner:
         self._down_hi = 1.0 - config.dead_band
         self._rows = [0] * k  # ring slot of each horizon's stored input, this tick
         self._targets = [0.0] * k
+        self._offsets = [0.0] * k
 
     # ------------------------------------------------------------- properties
     @property
@@ -462,6 +475,7 @@ class OnlineLearner:
         scores: list[Score] = []
         stepping: list[int] = []
         prices, up_lo, down_hi = self.pending_price, self._up_lo, self._down_hi
+        offset = self.config.base_rate_offset
         for hz in self.horizons:
             h = hz.h
             if n < h:
@@ -485,6 +499,8 @@ class OnlineLearner:
             stepping.append(k)
             self._rows[k] = then
             self._targets[k] = float(label)
+            if offset:  # the base-rate logit this prediction's network output was added to
+                self._offsets[k] = _logit(hz.pending_base[n % h])
         slot = n % ring
         if stepping:  # the stored inputs leave the ring before this tick's x may overwrite one
             self._x1.take(self._rows, axis=0, out=self.nets.X, mode="clip")
@@ -492,9 +508,17 @@ class OnlineLearner:
         x = self._x1[slot]
         if ready:
             features.write(x)
+        x_offsets = [hz.base_logit for hz in self.horizons] if offset and ready else None
         if stepping:
             start = time.perf_counter()
-            refused, p_nets = self.nets.learn(stepping, self._targets, X_MAX, x if ready else None)
+            refused, p_nets = self.nets.learn(
+                stepping,
+                self._targets,
+                X_MAX,
+                x if ready else None,
+                self._offsets if offset else None,
+                x_offsets,
+            )
             seconds = time.perf_counter() - start
             self.refused += len(refused)
             steps = len(stepping) - len(refused)
@@ -506,7 +530,7 @@ class OnlineLearner:
                 (seconds,) if steps else (),
             )
         else:
-            p_nets = self.nets.predict(x) if ready else None
+            p_nets = self.nets.predict(x, x_offsets) if ready else None
             result = TickResult(self._publish(n, p_nets), tuple(scores), 0, 0, ())
         self.pending_price[slot] = price
         self.pending_sign[slot] = features.last_sign

@@ -189,15 +189,19 @@ class StackedNetworks:
             np.matmul(p.a_row[l], wb[l + 1], out=p.z_next[l])
         return p.z_out
 
-    def predict(self, x: Array) -> list[float]:
+    def predict(self, x: Array, offsets: Sequence[float] | None = None) -> list[float]:
         """p_up of each of the K networks for one input x: shape (n_0,), or (n_0 + 1,)
-        ending in a 1 (then used in place, no copy)."""
+        ending in a 1 (then used in place, no copy). `offsets[k]`, when given, is added to
+        network k's output pre-activation (a logit the network learns a correction to)."""
         if x.shape[0] == self._x.shape[0]:
             first = x
         else:
             np.copyto(self._x_body, x)
             first = self._x
-        return [_sigmoid(z) for z in self._forward(self._predict_pass, first).tolist()]
+        z = self._forward(self._predict_pass, first).tolist()
+        if offsets is None:
+            return [_sigmoid(v) for v in z]
+        return [_sigmoid(v + o) for v, o in zip(z, offsets, strict=True)]
 
     # ------------------------------------------------------------------ learn
     def learn(
@@ -206,6 +210,8 @@ class StackedNetworks:
         targets: Sequence[float],
         x_max: float | None = None,
         x: Array | None = None,
+        offsets: Sequence[float] | None = None,
+        x_offsets: Sequence[float] | None = None,
     ) -> tuple[list[int], list[float] | None]:
         """One SGD step of each network k in `stepping` on (X_body[k], targets[k]).
 
@@ -219,10 +225,12 @@ class StackedNetworks:
         because a weight would have become non-finite (their weights and optimiser
         state are unchanged). predictions: with `x` (n_0,), `predict(x)` computed in
         the same forward pass, with the weights *before* this step; else None. Like
-        `predict`'s, x may also be (n_0 + 1,) ending in a 1.
+        `predict`'s, x may also be (n_0 + 1,) ending in a 1. `offsets[k]` is added to
+        network k's output pre-activation for its step, `x_offsets[k]` for its prediction
+        of x (as `predict`'s offsets); the gradient is that of log loss at the sum.
         """
         if not stepping:
-            return [], (None if x is None else self.predict(x))
+            return [], (None if x is None else self.predict(x, x_offsets))
         if x is not None:  # broadcast to every network's row
             np.copyto(self._x2[1] if x.shape[0] == self._x.shape[0] else self._x2_body, x)
         lp, g, last, lrs, k = self._learn_pass, self._g, self._last, self.learning_rates, self.k
@@ -230,9 +238,16 @@ class StackedNetworks:
         z = self._forward(lp, lp.first).tolist()  # K learning rows, then K prediction rows
         c = [0.0] * k  # c = -lr·dL/dz_out = lr·(t − y) for log loss on a sigmoid; 0: no step
         for i in stepping:
-            c[i] = lrs[i] * (targets[i] - _sigmoid(z[i]))
+            y = _sigmoid(z[i] if offsets is None else z[i] + offsets[i])
+            c[i] = lrs[i] * (targets[i] - y)
         self._c[:] = c
-        predictions = [_sigmoid(v) for v in z[k:]] if x is not None else None
+        predictions = None
+        if x is not None:
+            zx = z[k:]
+            if x_offsets is None:
+                predictions = [_sigmoid(v) for v in zx]
+            else:
+                predictions = [_sigmoid(v + o) for v, o in zip(zx, x_offsets, strict=True)]
         if last:  # hidden deltas over the output's, from the top hidden layer down
             self._fgrad[last - 1](lp.learn_a_body[last - 1], g[last - 1])
             np.multiply(g[last - 1], self._w_out_body, out=g[last - 1])
