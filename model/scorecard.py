@@ -86,7 +86,12 @@ class Scorecard:
         hit_persist = 1.0 if persist == label else 0.0
         e_net, e_base = p_net - label, p_base - label
         brier_net, brier_base = e_net * e_net, e_base * e_base
-        loss_net, loss_base = log_loss(p_net, label), log_loss(p_base, label)
+        # log_loss() of both, inlined (the same clipping and operations)
+        low, high = P_CLIP, 1.0 - P_CLIP
+        q_net = low if p_net < low else high if p_net > high else p_net
+        q_base = low if p_base < low else high if p_base > high else p_base
+        loss_net = -math.log(q_net if label == 1 else 1.0 - q_net)
+        loss_base = -math.log(q_base if label == 1 else 1.0 - q_base)
         # Unrolled (FIELDS order): this runs for every horizon of every tick.
         s, a = self._s, self.fading_factor
         s[0] += 1.0
