@@ -5,12 +5,16 @@ activations, so their weights are stacked along a leading axis and each layer of
 all K networks is one batched numpy call (`np.matmul` over the stack), whatever K:
 
     wb[l]   (K, n_l + 1, n_{l+1})   wb[l][k] is network k's weight-and-bias matrix,
-                                     bias last row, exactly `Network._wb[l]`'s layout
+                                     bias last row, exactly `Network._wb[l]`'s layout;
+                                     a view into row k of one (K, n_params) array, so
+                                     one add applies a step to every layer
 
-- `predict(x)`: one input x (n_0,) shared by all K networks -> K outputs;
-- `learn(X, t, rate)`: network k steps on its own input X[k] (n_0,) and target
-  t[k] with learning rate rate[k]; rate[k] == 0 means network k takes no step
-  (its weights and optimiser state are left untouched, bit for bit).
+- `predict(x, offsets)`: one input x (n_0,) shared by all K networks -> K outputs
+  (offsets[k], if given, is added to network k's output pre-activation);
+- `learn(stepping, t, x_max, x, offsets, x_offsets)`: each network k in `stepping`
+  steps on its own input X_body[k] and target t[k] at its own learning rate; the
+  others take no step (their weights and optimiser state stay bit for bit); with x,
+  the same forward pass also predicts x for every network, before the step.
 
 Each network's step is the plain SGD step of `Network.learn_one` (log loss on a
 sigmoid output unit, optional momentum and L2): the same maths, but the products
