@@ -17,6 +17,25 @@ BASELINES = tuple(m for m in MODELS if m != "ffbpn")
 P_CLIP = 1e-15  # log loss of a probability p uses p clipped to [1e-15, 1 - 1e-15]: no infinities
 
 
+def entry(score: Score) -> tuple[int, int, int, int, float, float]:
+    """What one scored prediction adds: a hit (1/0) per model in MODELS order, then the log
+    loss per model in PROB_MODELS order (p clipped to [P_CLIP, 1 - P_CLIP]).
+
+    Written out (no per-model loop): it runs for every score of every horizon."""
+    label, p, base, persist = score.label, score.p_net, score.p_base, score.persist
+    low, high = P_CLIP, 1.0 - P_CLIP
+    p_clipped = low if p < low else high if p > high else p
+    base_clipped = low if base < low else high if base > high else base
+    return (
+        1 if (p >= 0.5) == label else 0,
+        1 if (base >= 0.5) == label else 0,
+        1 if persist == label else 0,
+        0 if persist == label else 1,
+        -math.log(p_clipped if label == 1 else 1.0 - p_clipped),
+        -math.log(base_clipped if label == 1 else 1.0 - base_clipped),
+    )
+
+
 class Tally:
     """Hits and summed log loss of every model over all scored predictions (a whole run)."""
 
@@ -26,21 +45,16 @@ class Tally:
         self._losses = [0.0] * len(PROB_MODELS)
 
     def add(self, score: Score) -> None:
-        """Count one scored prediction: a hit where each model in MODELS called the label,
-        and the log loss of each model in PROB_MODELS (p clipped to [P_CLIP, 1 - P_CLIP])."""
-        label, p, base = score.label, score.p_net, score.p_base
+        """Count one scored prediction (`entry`)."""
+        e = entry(score)
         self.scored += 1
-        hit_sums = self._hits
-        if (p >= 0.5) == label:
-            hit_sums[0] += 1
-        if (base >= 0.5) == label:
-            hit_sums[1] += 1
-        hit_sums[2 if score.persist == label else 3] += 1
-        loss_sums, low, high = self._losses, P_CLIP, 1.0 - P_CLIP
-        p = low if p < low else high if p > high else p
-        base = low if base < low else high if base > high else base
-        loss_sums[0] -= math.log(p if label == 1 else 1.0 - p)
-        loss_sums[1] -= math.log(base if label == 1 else 1.0 - base)
+        hit_sums, loss_sums = self._hits, self._losses
+        hit_sums[0] += e[0]
+        hit_sums[1] += e[1]
+        hit_sums[2] += e[2]
+        hit_sums[3] += e[3]
+        loss_sums[0] += e[4]
+        loss_sums[1] += e[5]
 
     def accuracy(self, model: str) -> float | None:
         return self._hits[MODELS.index(model)] / self.scored if self.scored else None
@@ -68,28 +82,16 @@ class RollingScores:
         self._since_resum = 0
 
     def add(self, score: Score) -> None:
-        """Add one scored prediction (hits and clipped log losses as `Tally.add` counts
-        them) and drop the oldest beyond `size`; runs for every score of every horizon."""
-        label, p, base, persist = score.label, score.p_net, score.p_base, score.persist
-        low, high = P_CLIP, 1.0 - P_CLIP
-        p = low if p < low else high if p > high else p
-        base = low if base < low else high if base > high else base
-        entry = (
-            1 if (score.p_net >= 0.5) == label else 0,
-            1 if (score.p_base >= 0.5) == label else 0,
-            1 if persist == label else 0,
-            0 if persist == label else 1,
-            -math.log(p if label == 1 else 1.0 - p),
-            -math.log(base if label == 1 else 1.0 - base),
-        )
+        """Add one scored prediction (`entry`) and drop the oldest beyond `size`."""
+        added = entry(score)
         window, hit_sums, loss_sums = self.window, self._hits, self._losses
-        window.append(entry)
-        hit_sums[0] += entry[0]
-        hit_sums[1] += entry[1]
-        hit_sums[2] += entry[2]
-        hit_sums[3] += entry[3]
-        loss_sums[0] += entry[4]
-        loss_sums[1] += entry[5]
+        window.append(added)
+        hit_sums[0] += added[0]
+        hit_sums[1] += added[1]
+        hit_sums[2] += added[2]
+        hit_sums[3] += added[3]
+        loss_sums[0] += added[4]
+        loss_sums[1] += added[5]
         if len(window) > self.size:
             old = window.popleft()
             hit_sums[0] -= old[0]
