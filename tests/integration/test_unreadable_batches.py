@@ -40,10 +40,9 @@ AAPL = read_ticks("stocks_daily_2000-2013.csv.gz", 40, symbols=["AAPL"])
 FIRST, LAST = 20, 29  # ES offsets in the snappy batch
 
 
-@pytest.fixture(scope="module")
-def stream(broker: str) -> tuple[Names, Produced]:
-    """Partition 0: 20 plain ES ticks, 10 in one snappy batch, 20 plain; partition 1: AAPL."""
-    names = Names.fresh()
+def produce_es_with_a_snappy_batch(broker: str, names: Names, partitions: int) -> Produced:
+    """ES ticks into partition 0 of a topic of `partitions`: FIRST plain ones, offsets
+    FIRST..LAST in one snappy batch, the rest plain."""
     produced = Produced()
     es = tick_records(ES)
     for records, codec in (
@@ -51,7 +50,15 @@ def stream(broker: str) -> tuple[Names, Produced]:
         (es[FIRST : LAST + 1], "snappy"),
         (es[LAST + 1 :], "none"),
     ):
-        rdkafka_produce(broker, names.ticks, records, codec, 2, partition=0, into=produced)
+        rdkafka_produce(broker, names.ticks, records, codec, partitions, partition=0, into=produced)
+    return produced
+
+
+@pytest.fixture(scope="module")
+def stream(broker: str) -> tuple[Names, Produced]:
+    """Partition 0: 20 plain ES ticks, 10 in one snappy batch, 20 plain; partition 1: AAPL."""
+    names = Names.fresh()
+    produced = produce_es_with_a_snappy_batch(broker, names, partitions=2)
     rdkafka_produce(broker, names.ticks, tick_records(AAPL), "none", 2, partition=1, into=produced)
     assert [p for p, _ in produced.positions[:50]] == [0] * 50
     assert [o for _, o in produced.positions[:50]] == list(range(50))
@@ -180,14 +187,7 @@ def test_a_second_worker_neither_freezes_nor_unsticks_the_partition(
     both go on, every readable partition is read to its end, and the unreadable one is
     stopped again wherever it landed (its pause does not survive a rebalance unseen)."""
     names = Names.fresh()
-    produced = Produced()
-    es = tick_records(ES)
-    for records, codec in (
-        (es[:FIRST], "none"),
-        (es[FIRST : LAST + 1], "snappy"),
-        (es[LAST + 1 :], "none"),
-    ):
-        rdkafka_produce(broker, names.ticks, records, codec, 4, partition=0, into=produced)
+    produced = produce_es_with_a_snappy_batch(broker, names, partitions=4)
     for partition in (1, 2, 3):
         rdkafka_produce(
             broker, names.ticks, tick_records(AAPL), "none", 4, partition=partition, into=produced
