@@ -1,0 +1,222 @@
+"""The worker's own work per record, without a broker: µs per record, 1 horizon against 3.
+
+Run: .venv/bin/python benchmarks/prof_worker.py [--ticks N] [--rounds R] [--profile]
+
+The real `Worker` (decode, learn, score, gauges, metrics, prediction encoding, the hand-off
+to its publisher, checkpoints to an in-memory store every 1,000 ticks) over the mixed
+stream of benchmarks/bench_worker.py (E-mini trades and daily stock closes, keyed by
+symbol over 6 partitions as kafka-python's partitioner places them), fed by a fake
+consumer that returns poll batches of TICKPROP_POLL_MAX_RECORDS records, into a fake
+publisher that keeps nothing. What bench_worker.py adds to this is kafka-python's consumer
+in this process and the producer in the publisher process.
+
+Rounds alternate `TICKPROP_HORIZONS=1` and the default horizons and the medians are
+printed, with the time inside `OnlineLearner.on_tick` apart (the learner) from the rest
+(the worker's own part). `--profile` then runs the default horizons once under cProfile
+and prints the functions with the most own time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import logging
+import pstats
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from kafka import TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.partitioner.default import murmur2
+from prometheus_client import CollectorRegistry
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "integration"))
+sys.path.insert(0, str(ROOT / "tests" / "unit"))
+
+from fakes import FakeConsumer  # noqa: E402
+from worker_kit import mixed_ticks  # noqa: E402
+
+from model.learner import OnlineLearner  # noqa: E402
+from service.memory_store import MemoryStore  # noqa: E402
+from service.metrics import Metrics  # noqa: E402
+from service.settings import Settings  # noqa: E402
+from service.worker import Worker  # noqa: E402
+
+TOPIC = "ticks"
+PARTITIONS = 6
+
+
+class StreamConsumer(FakeConsumer):
+    """Serves prepared records: each poll, up to `max_records` of one partition, in turn."""
+
+    def __init__(self, records: dict[TopicPartition, list[Any]], max_records: int) -> None:
+        super().__init__()
+        self.assigned = set(records)
+        self.queues = {tp: list(rs) for tp, rs in records.items()}
+        self.max_records = max_records
+        self.listener: Any = None
+
+    def subscribe(self, topics: Sequence[str], listener: Any = None) -> None:
+        self.listener = listener
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        super().seek(partition, offset)
+        self.queues[partition] = [r for r in self.queues[partition] if r.offset >= offset]
+
+    def poll(self, timeout_ms: int = 0) -> Mapping[TopicPartition, Sequence[Any]]:
+        for tp, queue in self.queues.items():
+            if queue:
+                batch, self.queues[tp] = queue[: self.max_records], queue[self.max_records :]
+                return {tp: batch}
+        return {}
+
+
+class NullPublisher:
+    """Takes every record and keeps none of them (the pipe to the child is not timed)."""
+
+    sent = 0
+
+    def send(self, topic: str, key: Any, value: Any, *args: Any, **kwargs: Any) -> None:
+        self.sent += 1
+
+    def ship(self) -> None:
+        pass
+
+    def flush(self, timeout: float) -> None:
+        pass
+
+    def take_failures(self) -> dict[int, str]:
+        return {}
+
+    def take_offsets(self) -> dict[int, int]:
+        return {}
+
+    def partitions_for(self, topic: str) -> set[int] | None:
+        return set(range(PARTITIONS))
+
+
+def stream(n: int) -> dict[TopicPartition, list[Any]]:
+    """The benchmark's n ticks as consumer records, per partition as the producer puts them."""
+    ticks = mixed_ticks(n_stocks=min(n // 2, 12_000), n_es=n)[:n]
+    out: dict[TopicPartition, list[Any]] = {TopicPartition(TOPIC, p): [] for p in range(PARTITIONS)}
+    for t in ticks:
+        key, value = t.symbol.encode(), t.value()
+        tp = TopicPartition(TOPIC, (murmur2(key) & 0x7FFFFFFF) % PARTITIONS)
+        records = out[tp]
+        records.append(
+            ConsumerRecord(
+                TOPIC,
+                tp.partition,
+                -1,
+                len(records),
+                t.ts,
+                0,
+                key,
+                value,
+                [],
+                None,
+                len(key),
+                len(value),
+                -1,
+            )  # fmt: skip
+        )
+    return out
+
+
+class LearnerTimer:
+    """Wraps OnlineLearner.on_tick to add up the time spent inside it."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.original = OnlineLearner.on_tick
+
+    def __enter__(self) -> LearnerTimer:
+        original, timer, clock = self.original, self, time.perf_counter
+
+        def timed(learner: OnlineLearner, ts_ms: int, price: float) -> Any:
+            start = clock()
+            try:
+                return original(learner, ts_ms, price)
+            finally:
+                timer.seconds += clock() - start
+
+        OnlineLearner.on_tick = timed  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        OnlineLearner.on_tick = self.original  # type: ignore[method-assign]
+
+
+def run(
+    records: dict[TopicPartition, list[Any]], horizons: str, timed: bool
+) -> tuple[float, float]:
+    """(µs per record for the whole worker, µs per record inside on_tick) over the stream."""
+    settings = Settings(ticks_topic=TOPIC, horizons=horizons)
+    consumer = StreamConsumer(records, settings.poll_max_records)
+    worker = Worker(
+        settings, consumer, NullPublisher(), MemoryStore("g"),  # type: ignore[arg-type]
+        Metrics(CollectorRegistry(), horizons=settings.horizons),
+    )  # fmt: skip
+    worker.start()
+    worker.assign(sorted(records, key=lambda tp: tp.partition))
+    n = sum(len(rs) for rs in records.values())
+    timer = LearnerTimer()
+    if timed:
+        timer.__enter__()
+    try:
+        start = time.perf_counter()
+        while any(consumer.queues.values()):
+            worker.step()
+        assert worker.shutdown() == 0
+        elapsed = time.perf_counter() - start
+    finally:
+        if timed:
+            timer.__exit__()
+    done = worker.metrics.registry.get_sample_value("tickprop_predictions_total")
+    assert done == n, f"{done} predictions for {n} records"
+    return elapsed / n * 1e6, timer.seconds / n * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--ticks", type=int, default=40_000, help="records per run")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each, interleaved")
+    parser.add_argument("--profile", action="store_true", help="then cProfile one default run")
+    parser.add_argument("--top", type=int, default=40, help="functions the profile lists")
+    args = parser.parse_args()
+    logging.getLogger("tickprop.fetch_guard").setLevel(logging.ERROR)  # fakes: nothing to guard
+    records = stream(args.ticks)
+    default = ",".join(str(h) for h in Settings().horizons)
+    results: dict[str, list[tuple[float, float]]] = {"1": [], default: []}
+    run(records, default, timed=False)  # warm up: imports, first allocations
+    for _ in range(args.rounds):
+        for horizons in results:
+            results[horizons].append(run(records, horizons, timed=False))
+    timed = {h: run(records, h, timed=True) for h in results}
+    print(f"records      {args.ticks:,} (mixed stream, {PARTITIONS} partitions, fakes, "
+          f"{args.rounds} rounds)")  # fmt: skip
+    for horizons, rounds in results.items():
+        total = float(np.median([r[0] for r in rounds]))
+        whole, learner = timed[horizons]
+        print(
+            f"horizons {horizons:<8} {total:5.1f} us/record (rounds: "
+            f"{', '.join(f'{r[0]:.1f}' for r in rounds)}); timed run: learner {learner:.1f} us, "
+            f"the rest {whole - learner:.1f} us"
+        )
+    one, three = (float(np.median([r[0] for r in rounds])) for rounds in results.values())
+    print(f"{default} / 1       {three / one:.2f}x")
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        run(records, default, timed=False)
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(args.top)
+
+
+if __name__ == "__main__":
+    main()
