@@ -69,47 +69,42 @@ class Tally:
 class RollingScores:
     """Accuracy and log loss of each model over the last `size` scored predictions.
 
-    Sums are kept incrementally (O(1) per score); the float sums are recomputed from the
-    window every `size` scores so rounding cannot drift. Each window entry is the tuple
-    (hit per model in MODELS order, then loss per model in PROB_MODELS order).
+    `add` only keeps the score: the worker adds every score of every horizon, and the
+    gauges read the figures at most twice a second. A read sums the window (`entry` of
+    each score; the log losses with `math.fsum`, so rounding cannot drift), once per
+    change of the window.
     """
 
     def __init__(self, size: int = 1000) -> None:
         self.size = size
-        self.window: deque[tuple[int, int, int, int, float, float]] = deque()
+        self.window: deque[Score] = deque(maxlen=size)
+        self._added = 0  # scores added so far
+        self._summed = -1  # the value of _added when the sums below were taken
         self._hits = [0] * len(MODELS)
         self._losses = [0.0] * len(PROB_MODELS)
-        self._since_resum = 0
 
     def add(self, score: Score) -> None:
-        """Add one scored prediction (`entry`) and drop the oldest beyond `size`."""
-        added = entry(score)
-        window, hit_sums, loss_sums = self.window, self._hits, self._losses
-        window.append(added)
-        hit_sums[0] += added[0]
-        hit_sums[1] += added[1]
-        hit_sums[2] += added[2]
-        hit_sums[3] += added[3]
-        loss_sums[0] += added[4]
-        loss_sums[1] += added[5]
-        if len(window) > self.size:
-            old = window.popleft()
-            hit_sums[0] -= old[0]
-            hit_sums[1] -= old[1]
-            hit_sums[2] -= old[2]
-            hit_sums[3] -= old[3]
-            loss_sums[0] -= old[4]
-            loss_sums[1] -= old[5]
-        self._since_resum += 1
-        if self._since_resum >= self.size:
-            self._since_resum = 0
-            loss_sums[0] = math.fsum(e[4] for e in window)
-            loss_sums[1] = math.fsum(e[5] for e in window)
+        """Keep one scored prediction, dropping the oldest beyond `size`."""
+        self.window.append(score)
+        self._added += 1
 
     def accuracy(self, model: str) -> float | None:
         window = self.window
-        return self._hits[MODELS.index(model)] / len(window) if window else None
+        return self._sums()[0][MODELS.index(model)] / len(window) if window else None
 
     def log_loss(self, model: str) -> float | None:
+        if model not in PROB_MODELS:
+            return None
         window = self.window
-        return self._losses[PROB_MODELS.index(model)] / len(window) if window else None
+        return self._sums()[1][PROB_MODELS.index(model)] / len(window) if window else None
+
+    def _sums(self) -> tuple[list[int], list[float]]:
+        """Hits per model in MODELS order and summed log loss per model in PROB_MODELS order."""
+        if self._summed != self._added:
+            self._summed = self._added
+            entries = [entry(score) for score in self.window]
+            self._hits = [sum(1 for e in entries if e[i]) for i in range(len(MODELS))]
+            self._losses = [
+                math.fsum(e[len(MODELS) + i] for e in entries) for i in range(len(PROB_MODELS))
+            ]
+        return self._hits, self._losses
