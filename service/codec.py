@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from json.encoder import encode_basestring
@@ -92,7 +92,7 @@ def decode_tick(key: bytes | None, value: bytes | None, max_bytes: int = DEFAULT
     if len(value) > max_bytes:
         raise InvalidTick(TOO_LARGE, f"value is {len(value)} bytes, limit {max_bytes}")
     try:
-        body = json.loads(value)
+        body = _loads(value)
     except RecursionError:
         raise InvalidTick(NOT_JSON, "JSON nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, int too long
@@ -119,6 +119,31 @@ def decode_tick(key: bytes | None, value: bytes | None, max_bytes: int = DEFAULT
     if key_text != tick.symbol:
         raise InvalidTick(KEY_MISMATCH, f"key {_clip(key_text)!r} != symbol {_clip(tick.symbol)!r}")
     return tick
+
+
+# The scanner json.loads itself ends in (a JSONDecoder with the default options).
+_scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def _loads(value: bytes) -> Any:
+    """`json.loads(value)`, its usual case without json.loads's steps around the scanner.
+
+    The usual case is a UTF-8 object with no whitespace around it: a value that starts
+    with "{" followed by a non-zero byte is UTF-8 to json.loads too (it guesses UTF-16 or
+    32 only from zero bytes among the first ones, or a BOM), and with no whitespace to
+    skip its result is the scanner's when the scan ends at the last character. Anything
+    else, errors included, is json.loads's own doing (tests/unit/test_codec_fast_paths.py
+    checks the two agree)."""
+    if type(value) is bytes and value[:1] == b"{" and value[-1:] == b"}" and value[1:2] != b"\x00":
+        try:
+            text = value.decode("utf-8", "surrogatepass")
+            body, end = _scan(text, 0)
+        except (ValueError, StopIteration):  # UnicodeDecodeError, JSONDecodeError
+            pass
+        else:
+            if end == len(text):
+                return body
+    return json.loads(value)
 
 
 def _common_tick(body: dict[str, Any]) -> Tick | None:

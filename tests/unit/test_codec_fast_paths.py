@@ -128,3 +128,35 @@ def test_decode_fast_path_agrees_with_the_full_checks(
     except ValueError:
         return
     assert verdict(key, value) == full_checks(key, value)
+
+
+def loads_outcome(load: object, value: bytes) -> object:
+    """What `load(value)` gives: the value, or the exception's type and message."""
+    try:
+        return ("ok", load(value))  # type: ignore[operator]
+    except (ValueError, RecursionError) as exc:
+        return (type(exc), str(exc))
+
+
+json_texts = st.recursive(
+    json_values, lambda inner: st.lists(inner) | st.dictionaries(st.text(max_size=5), inner)
+).map(lambda v: json.dumps(v, allow_nan=True))
+
+
+@given(
+    text=json_texts | st.text(max_size=40),
+    cut=st.integers(0, 3),
+    outer=st.sampled_from(["", " ", "\n", "{", "}", "\x00"]),
+    encoding=st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-32-be"]),
+    raw=st.none() | st.binary(max_size=40),
+)
+def test_loads_fast_path_agrees_with_json_loads(
+    text: str, cut: int, outer: str, encoding: str, raw: bytes | None
+) -> None:
+    from service.codec import _loads
+
+    if raw is not None:
+        value = b"{" + raw + b"}"
+    else:
+        value = (outer + text[: len(text) - cut] + outer).encode(encoding, "surrogatepass")
+    assert loads_outcome(_loads, value) == loads_outcome(json.loads, value)
