@@ -10,10 +10,11 @@ consumer that returns poll batches of TICKPROP_POLL_MAX_RECORDS records, into a 
 publisher that keeps nothing. What bench_worker.py adds to this is kafka-python's consumer
 in this process and the producer in the publisher process.
 
-Rounds alternate `TICKPROP_HORIZONS=1` and the default horizons and the medians are
-printed, with the time inside `OnlineLearner.on_tick` apart (the learner) from the rest
-(the worker's own part). `--profile` then runs the default horizons once under cProfile
-and prints the functions with the most own time.
+Rounds alternate `TICKPROP_HORIZONS=1` and the default horizons and the medians of the
+CPU time per record are printed (CPU time: other jobs on a shared machine do not count),
+with the share inside `OnlineLearner.on_tick` (the learner) apart from the rest (the
+worker's own part), from one more run of each that times on_tick. `--profile` then runs
+the default horizons once under cProfile and prints the functions with the most own time.
 """
 
 from __future__ import annotations
@@ -155,7 +156,7 @@ class LearnerTimer:
 def run(
     records: dict[TopicPartition, list[Any]], horizons: str, timed: bool
 ) -> tuple[float, float]:
-    """(µs per record for the whole worker, µs per record inside on_tick) over the stream."""
+    """(CPU µs per record for the whole worker, of which inside on_tick) over the stream."""
     settings = Settings(ticks_topic=TOPIC, horizons=horizons)
     consumer = StreamConsumer(records, settings.poll_max_records)
     worker = Worker(
@@ -169,17 +170,19 @@ def run(
     if timed:
         timer.__enter__()
     try:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         while any(consumer.queues.values()):
             worker.step()
         assert worker.shutdown() == 0
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     finally:
         if timed:
             timer.__exit__()
     done = worker.metrics.registry.get_sample_value("tickprop_predictions_total")
     assert done == n, f"{done} predictions for {n} records"
-    return elapsed / n * 1e6, timer.seconds / n * 1e6
+    # CPU time: on the shared machine another job's share of the cores does not count.
+    # The learner's wall-clock share of the run, applied to it.
+    return cpu / n * 1e6, cpu / n * 1e6 * timer.seconds / elapsed
 
 
 def main() -> None:
@@ -204,7 +207,7 @@ def main() -> None:
         total = float(np.median([r[0] for r in rounds]))
         whole, learner = timed[horizons]
         print(
-            f"horizons {horizons:<8} {total:5.1f} us/record (rounds: "
+            f"horizons {horizons:<8} {total:5.1f} CPU us/record (rounds: "
             f"{', '.join(f'{r[0]:.1f}' for r in rounds)}); timed run: learner {learner:.1f} us, "
             f"the rest {whole - learner:.1f} us"
         )
