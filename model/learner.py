@@ -326,11 +326,12 @@ class Horizon:
         q_net = p_net if label else 1.0 - p_net
         q_base = p_base if label else 1.0 - p_base
         loss = -math.log(q_net if q_net > 1e-15 else 1e-15)
+        loss_base = -math.log(q_base if q_base > 1e-15 else 1e-15)
         self.loss_net += loss
-        self.loss_base -= math.log(q_base if q_base > 1e-15 else 1e-15)
+        self.loss_base += loss_base
         self.scored += 1
         self.w_net = self.mixture_weight()
-        self.card.add(label, p, p_base, persist)
+        self.card.add(label, p, p_base, persist, loss_base)
         alarm = self.drift.observe(loss, tick)
         return Score(self.h, label, p, p_base, persist, p_net, alarm)
 
@@ -411,6 +412,12 @@ class OnlineLearner:
         self._rows = [0] * k  # ring slot of each horizon's stored input, this tick
         self._targets = [0.0] * k
         self._offsets = [0.0] * k
+        self._sync_base_logits()
+
+    def _sync_base_logits(self) -> None:
+        """Each horizon's current base-rate logit, in horizon order: the offsets of this
+        tick's predictions, kept up to date as labels count (read on every tick)."""
+        self._base_logits = [hz.base_logit for hz in self.horizons]
 
     # ------------------------------------------------------------- properties
     @property
@@ -475,7 +482,7 @@ class OnlineLearner:
         scores: list[Score] = []
         stepping: list[int] = []
         prices, up_lo, down_hi = self.pending_price, self._up_lo, self._down_hi
-        offset = self.config.base_rate_offset
+        offset, base_logits = self.config.base_rate_offset, self._base_logits
         for hz in self.horizons:
             h = hz.h
             if n < h:
@@ -489,6 +496,7 @@ class OnlineLearner:
             else:
                 continue  # inside the dead band: neither scored nor trained on
             hz.count(label)
+            base_logits[hz.index] = hz.base_logit
             if not self.pending_ready[then]:
                 continue
             score = hz.resolve(n % h, label, 1 if self.pending_sign[then] > 0 else 0, n + 1)
@@ -508,7 +516,7 @@ class OnlineLearner:
         x = self._x1[slot]
         if ready:
             features.write(x)
-        x_offsets = [hz.base_logit for hz in self.horizons] if offset and ready else None
+        x_offsets = base_logits if offset and ready else None
         if stepping:
             start = time.perf_counter()
             refused, p_nets = self.nets.learn(
@@ -705,6 +713,7 @@ def _unpack(blob: bytes, config: LearnerConfig) -> OnlineLearner:
         learner.features.load_state_arrays(values["features"], values["moves"])
         for hz, meta, f in zip(learner.horizons, header["horizons"], floats, strict=True):
             hz.load(meta["counters"], f)
+        learner._sync_base_logits()
     except ValueError as exc:
         raise FormatError(str(exc)) from None
     pending = values["pending"]

@@ -74,11 +74,15 @@ class Scorecard:
         """Scored predictions so far."""
         return int(self._s[0])
 
-    def add(self, label: int, p_net: float, p_base: float, persist: int) -> None:
+    def add(
+        self, label: int, p_net: float, p_base: float, persist: int, loss_base: float | None = None
+    ) -> None:
         """Fold in one scored prediction: the label (1 up, 0 down) and what each model said.
 
         p_net, p_base: p_up of the network and of the base rate; persist: persistence's
-        call (1 up, 0 down; reversal calls the opposite).
+        call (1 up, 0 down; reversal calls the opposite). loss_base: the base rate's log
+        loss when the caller has it already (a base rate lies well inside the clipping
+        bounds, so it is -ln of p_base or 1 - p_base, as computed here).
         """
         up = label == 1
         hit_net = 1.0 if (p_net >= 0.5) == up else 0.0
@@ -89,9 +93,10 @@ class Scorecard:
         # log_loss() of both, inlined (the same clipping and operations)
         low, high = P_CLIP, 1.0 - P_CLIP
         q_net = low if p_net < low else high if p_net > high else p_net
-        q_base = low if p_base < low else high if p_base > high else p_base
         loss_net = -math.log(q_net if label == 1 else 1.0 - q_net)
-        loss_base = -math.log(q_base if label == 1 else 1.0 - q_base)
+        if loss_base is None:
+            q_base = low if p_base < low else high if p_base > high else p_base
+            loss_base = -math.log(q_base if label == 1 else 1.0 - q_base)
         # Unrolled (FIELDS order): this runs for every horizon of every tick.
         s, a = self._s, self.fading_factor
         s[0] += 1.0

@@ -45,6 +45,17 @@ def _sigmoid(z: float) -> float:
     return 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
 
 
+def _sigmoids(z: list[float], offsets: Sequence[float] | None) -> list[float]:
+    """`_sigmoid` of each z[k] (+ offsets[k]), inlined: it runs K times on every tick."""
+    exp, out = math.exp, []
+    for k, v in enumerate(z):
+        if offsets is not None:
+            v += offsets[k]
+        e = exp(-abs(v))
+        out.append(1.0 / (1.0 + e) if v >= 0 else e / (1.0 + e))
+    return out
+
+
 def _n_params(sizes: list[int]) -> int:
     return sum((n + 1) * m for n, m in zip(sizes[:-1], sizes[1:], strict=True))
 
@@ -202,10 +213,7 @@ class StackedNetworks:
         else:
             np.copyto(self._x_body, x)
             first = self._x
-        z = self._forward(self._predict_pass, first).tolist()
-        if offsets is None:
-            return [_sigmoid(v) for v in z]
-        return [_sigmoid(v + o) for v, o in zip(z, offsets, strict=True)]
+        return _sigmoids(self._forward(self._predict_pass, first).tolist(), offsets)
 
     # ------------------------------------------------------------------ learn
     def learn(
@@ -245,13 +253,7 @@ class StackedNetworks:
             y = _sigmoid(z[i] if offsets is None else z[i] + offsets[i])
             c[i] = lrs[i] * (targets[i] - y)
         self._c[:] = c
-        predictions = None
-        if x is not None:
-            zx = z[k:]
-            if x_offsets is None:
-                predictions = [_sigmoid(v) for v in zx]
-            else:
-                predictions = [_sigmoid(v + o) for v, o in zip(zx, x_offsets, strict=True)]
+        predictions = None if x is None else _sigmoids(z[k:], x_offsets)
         if last:  # hidden deltas over the output's, from the top hidden layer down
             self._fgrad[last - 1](lp.learn_a_body[last - 1], g[last - 1])
             np.multiply(g[last - 1], self._w_out_body, out=g[last - 1])
