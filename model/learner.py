@@ -55,6 +55,11 @@ MODELS = ("ffbpn", "base_rate", "persistence", "reversal")
 PROB_MODELS = ("ffbpn", "base_rate")
 MAX_HORIZONS = 8  # networks per symbol
 MAX_HORIZON = 1000  # ticks ahead; a symbol's state holds one input per tick of the longest
+# The gate of each horizon (docs/horizons.md): the sign rule's p_up after a move of sign s
+# is (ups_s + RULE_PRIOR · base) / (labels_s + RULE_PRIOR), a count shrunk toward the base
+# rate; `Horizon.trust` is an EWMA of weight TRUST_RATE (memory ~3,000 disagreements).
+TRUST_RATE = 0.0003
+RULE_PRIOR = 2.0
 X_MAX = CLIP  # every feature lies within ±CLIP (model.features)
 
 
@@ -77,6 +82,10 @@ class LearnerConfig:
     # Each network's output adds its horizon's base-rate logit (known when it predicts): it
     # learns a correction to the base rate, starting at the base rate, not at 0.5.
     base_rate_offset: bool = True
+    # The network may call against the sign rule (the label frequency after a move of the
+    # last move's sign) only while its past calls against it were right more often than
+    # wrong (`Horizon.trust`); until then, where they disagree, the rule's frequency stands.
+    rule_gate: bool = True
     fading_factor: float = 0.999  # of the scorecards' faded figures (TICKPROP_FADING_FACTOR)
     drift_response: str = "none"  # on a drift alarm: none, reset, boost (TICKPROP_DRIFT_RESPONSE)
 
@@ -159,7 +168,7 @@ class Score:
     p_net: float  # ffbpn's published p_up; it calls up when p_net >= 0.5
     p_base: float  # base_rate's p_up; likewise
     persist: int  # persistence's call, 1 up / 0 down; reversal calls 1 - persist
-    p_raw: float  # the horizon's network alone, before mixing (diagnostics)
+    p_raw: float  # the horizon's network alone, before the gate and the mixture (diagnostics)
     alarm: bool = False  # the horizon's drift monitor raised an alarm on this score
 
     @property
@@ -238,14 +247,16 @@ def horizon_learning_rate(config: LearnerConfig, horizon: int) -> float:
 class Horizon:
     """One horizon of a symbol's learner: its pending predictions, labels, base rate, mixture.
 
-    Its network is row `index` of the learner's `StackedNetworks`. The state is
+    Its network is row `index` of the learner's `StackedNetworks`. Its published p_up mixes
+    two experts: the gated network (`gated`) and the base rate. The state is
     counters (ints) and floats; `state()` / `load()` hand them to the learner's
     format, so a field added here is serialised by adding it to COUNTERS or FLOATS.
     The scorecard and the drift monitor follow the rings as their own float vectors.
     """
 
-    COUNTERS = ("ups", "downs", "scored")
-    FLOATS = ("loss_net", "loss_base")  # then the three rings of h floats each
+    # ups, downs: every label; up_ups ... down_downs: by the sign of the last move before it
+    COUNTERS = ("ups", "downs", "scored", "up_ups", "up_downs", "down_ups", "down_downs")
+    FLOATS = ("loss_net", "loss_base", "trust")  # then the five rings of h floats each
 
     __slots__ = (
         "h",
@@ -253,9 +264,13 @@ class Horizon:
         "pending_p",
         "pending_net",
         "pending_base",
+        "pending_raw",
+        "pending_rule",
         "base",
         "w_net",
         "base_logit",
+        "rule_up",
+        "rule_down",
         "card",
         "drift",
         *COUNTERS,
@@ -272,21 +287,50 @@ class Horizon:
         # Rings of h slots: the prediction of tick n sits in slot n % h and resolves at
         # tick n + h, just before the slot is reused. Lists: one element per tick.
         self.pending_p = [0.0] * h  # published p_up
-        self.pending_net = [0.0] * h  # the network's p_up (== base rate when not ready)
+        self.pending_net = [0.0] * h  # the gated network's p_up (== base rate when not ready)
         self.pending_base = [0.0] * h  # the base rate's p_up
+        self.pending_raw = [0.0] * h  # the network's own p_up, before the gate
+        self.pending_rule = [0.0] * h  # the sign rule's p_up
         self.ups = 0  # labels seen (all, ready or not), for the base rate
         self.downs = 0
+        self.up_ups = 0  # ... of them, labels whose prediction followed an up move
+        self.up_downs = 0
+        self.down_ups = 0  # ... and a down move
+        self.down_downs = 0
         self.scored = 0
-        self.loss_net = 0.0  # summed log loss of the network's scored predictions
+        self.loss_net = 0.0  # summed log loss of the gated network's scored predictions
         self.loss_base = 0.0  # ... and of the base rate's, on the same labels
+        # EWMA of +1 (the network was right) / -1 (wrong) over the scored predictions where
+        # its call and the sign rule's differed: the gate is open while it is > 0.
+        self.trust = 0.0
         # Derived from the state above, kept because every tick reads them:
         self.base = 0.5  # base_rate()
         self.w_net = 0.5  # the network's weight in the published p_up: mixture_weight()
         self.base_logit = 0.0  # ln(base / (1 − base))
+        self.rule_up = 0.5  # the sign rule's p_up after an up move: rule_rate(1.0)
+        self.rule_down = 0.5  # ... after a down move: rule_rate(-1.0)
 
     def base_rate(self) -> float:
         """p_up of the base-rate baseline: (ups + 1) / (labels + 2)."""
         return (self.ups + 1.0) / (self.ups + self.downs + 2.0)
+
+    def rule_rate(self, sign: float) -> float:
+        """p_up of the sign rule after a move of `sign`: (ups + 2·base) / (labels + 2) over
+        the labels whose prediction followed a move of that sign (a counting model: on
+        ticks it learns the bid-ask bounce from its first labels)."""
+        prior = RULE_PRIOR * self.base
+        if sign > 0:
+            return (self.up_ups + prior) / (self.up_ups + self.up_downs + RULE_PRIOR)
+        return (self.down_ups + prior) / (self.down_ups + self.down_downs + RULE_PRIOR)
+
+    def gated(self, p_raw: float, up: bool) -> tuple[float, float]:
+        """(the gated network's p_up, the sign rule's) for a network p_up `p_raw` after an
+        up (`up`) or down move: the network's, unless it calls against the rule while the
+        gate is shut (trust <= 0); then the rule's."""
+        q = self.rule_up if up else self.rule_down
+        if self.trust <= 0.0 and (p_raw >= 0.5) != (q >= 0.5):
+            return q, q
+        return p_raw, q
 
     def mixture_weight(self) -> float:
         """The network's weight in the published p_up, against the base rate's.
@@ -306,14 +350,29 @@ class Horizon:
         w = self.w_net
         return w * p_net + (1.0 - w) * self.base
 
-    def count(self, label: int) -> None:
-        """A label resolved (ready or not): it counts toward the base rate."""
+    def count(self, label: int, sign: float) -> None:
+        """A label resolved (ready or not): it counts toward the base rate, and toward the
+        sign rule after a move of `sign` (the last move's when it was predicted; 0: none)."""
         if label:
             self.ups += 1
         else:
             self.downs += 1
         self.base = (self.ups + 1.0) / (self.ups + self.downs + 2.0)  # base_rate(), inlined
         self.base_logit = _logit(self.base)
+        if sign > 0:
+            if label:
+                self.up_ups += 1
+            else:
+                self.up_downs += 1
+        elif sign < 0:
+            if label:
+                self.down_ups += 1
+            else:
+                self.down_downs += 1
+        # rule_rate(±1.0), inlined; both change, as their prior follows the base rate
+        prior = RULE_PRIOR * self.base
+        self.rule_up = (self.up_ups + prior) / (self.up_ups + self.up_downs + RULE_PRIOR)
+        self.rule_down = (self.down_ups + prior) / (self.down_ups + self.down_downs + RULE_PRIOR)
 
     def resolve(self, slot: int, label: int, persist: int, tick: int) -> Score:
         """Score the prediction in `slot` (made with ready features) against `label`,
@@ -331,20 +390,35 @@ class Horizon:
         self.loss_base += loss_base
         self.scored += 1
         self.w_net = self.mixture_weight()
+        p_raw = self.pending_raw[slot]
+        if (p_raw >= 0.5) != (self.pending_rule[slot] >= 0.5):  # the network called against
+            right = 1.0 if (p_raw >= 0.5) == (label == 1) else -1.0
+            self.trust += TRUST_RATE * (right - self.trust)
+            if p_raw != p_net:  # the gate stood in: the drift monitor watches the network
+                q_raw = p_raw if label else 1.0 - p_raw
+                loss = -math.log(q_raw if q_raw > 1e-15 else 1e-15)
         self.card.add(label, p, p_base, persist, loss_base)
         alarm = self.drift.observe(loss, tick)
-        return Score(self.h, label, p, p_base, persist, p_net, alarm)
+        return Score(self.h, label, p, p_base, persist, p_raw, alarm)
 
     # ------------------------------------------------------------------ state
     def state(self) -> tuple[dict[str, int], np.ndarray]:
-        """(counters, floats): FLOATS, the pending rings p, net, base, scorecard, drift."""
+        """(counters, floats): FLOATS, the pending rings p, net, base, raw, rule, scorecard,
+        drift."""
         counters = {name: getattr(self, name) for name in self.COUNTERS}
         head = [float(getattr(self, name)) for name in self.FLOATS]
-        rings = np.array(head + self.pending_p + self.pending_net + self.pending_base)
+        rings = np.array(
+            head
+            + self.pending_p
+            + self.pending_net
+            + self.pending_base
+            + self.pending_raw
+            + self.pending_rule
+        )
         return counters, np.concatenate([rings, self.card.state(), self.drift.state()])
 
     def n_floats(self) -> int:
-        return len(self.FLOATS) + 3 * self.h + SCORECARD_SIZE + DriftMonitor.STATE_SIZE
+        return len(self.FLOATS) + 5 * self.h + SCORECARD_SIZE + DriftMonitor.STATE_SIZE
 
     def load(self, counters: dict[str, Any], floats: np.ndarray) -> None:
         """Restore what `state()` returned; ValueError on anything malformed."""
@@ -364,7 +438,9 @@ class Horizon:
         self.pending_p = values[n : n + h]
         self.pending_net = values[n + h : n + 2 * h]
         self.pending_base = values[n + 2 * h : n + 3 * h]
-        tail = n + 3 * h
+        self.pending_raw = values[n + 3 * h : n + 4 * h]
+        self.pending_rule = values[n + 4 * h : n + 5 * h]
+        tail = n + 5 * h
         self.card = Scorecard.from_state(
             floats[tail : tail + SCORECARD_SIZE], self.card.fading_factor
         )
@@ -373,6 +449,8 @@ class Horizon:
         )
         self.base = self.base_rate()
         self.base_logit = _logit(self.base)
+        self.rule_up = self.rule_rate(1.0)
+        self.rule_down = self.rule_rate(-1.0)
         self.w_net = self.mixture_weight()
 
 
@@ -495,7 +573,7 @@ class OnlineLearner:
                 label = 0
             else:
                 continue  # inside the dead band: neither scored nor trained on
-            hz.count(label)
+            hz.count(label, self.pending_sign[then])
             base_logits[hz.index] = hz.base_logit
             if not self.pending_ready[then]:
                 continue
@@ -562,18 +640,28 @@ class OnlineLearner:
         """Every horizon's published p_up for tick n (the base rate while not ready)."""
         steps = self.nets.steps
         forecasts = []
+        up = self.features.last_sign > 0
+        gate = self.config.rule_gate
         for hz in self.horizons:
             base = hz.base
             if p_nets is None:
-                p = p_net = base
+                p = p_net = p_raw = rule = base
             else:
-                p_net = p_nets[hz.index]
+                p_raw = p_nets[hz.index]
+                if gate:  # hz.gated(p_raw, up), inlined
+                    rule = hz.rule_up if up else hz.rule_down
+                    shut = hz.trust <= 0.0 and (p_raw >= 0.5) != (rule >= 0.5)
+                    p_net = rule if shut else p_raw
+                else:
+                    p_net, rule = p_raw, base
                 w = hz.w_net
                 p = w * p_net + (1.0 - w) * base
             own = n % hz.h
             hz.pending_p[own] = p
             hz.pending_net[own] = p_net
             hz.pending_base[own] = base
+            hz.pending_raw[own] = p_raw
+            hz.pending_rule[own] = rule
             forecasts.append(Forecast(hz.h, p, "up" if p >= 0.5 else "down", steps[hz.index]))
         first = forecasts[0]
         return Prediction(
@@ -606,7 +694,8 @@ class OnlineLearner:
 # payload order, each horizon's counters and float count, and each network blob's
 # length. Floats live only in the arrays (exact).
 MAGIC = b"TPLS"
-VERSION = 4  # 3: one network, pending ring, base rate and mixture per horizon; 4: scorecards, drift
+VERSION = 5  # 3: one network, pending ring, base rate and mixture per horizon; 4: scorecards,
+# drift; 5: the sign rule's counts, the gate's trust, the raw and rule rings
 _LEN = struct.Struct("<I")
 _ARRAYS = ("features", "moves", "pending_x", "pending")  # payload order
 
