@@ -258,6 +258,10 @@ def parse_set(items: list[str]) -> dict[str, Any]:
         default = getattr(LearnerConfig(), key)
         if isinstance(default, tuple):
             values[key] = tuple(int(v) for v in raw.split(","))
+        elif isinstance(default, bool):  # bool("False") is True
+            if raw.lower() not in ("true", "false"):
+                raise SystemExit(f"--set {item}: expected true or false")
+            values[key] = raw.lower() == "true"
         else:
             values[key] = type(default)(raw)
     return values
