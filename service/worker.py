@@ -150,6 +150,11 @@ class Worker:
         # prometheus_client counter takes a lock on every inc().
         self._n_processed = self._n_steps = self._n_refused = 0
         self._unshipped = 0  # predictions queued for the publisher, not handed over yet
+        # Read on every record (_process):
+        self._max_bytes = settings.max_message_bytes
+        self._predictions_topic = settings.predictions_topic
+        self._step_seconds = metrics.step_seconds
+        self._event_lag = metrics.event_lag_seconds
 
     # ------------------------------------------------------------------ probes
     @property
@@ -310,54 +315,66 @@ class Worker:
         self._last_record_at = self.clock.monotonic()
 
     def _process(self, part: Partition, record: Any, polled_at: float) -> None:
-        """One record: decode, learn, publish its prediction (or dead-letter it)."""
-        metrics = self.metrics
+        """One record: decode, learn, publish its prediction (or dead-letter it).
+
+        Runs for every record: attributes it reads more than once are read into locals."""
         key: bytes | None = record.key
-        limit = self.settings.max_message_bytes
+        limit = self._max_bytes
         try:
             if key is not None and len(key) > limit:
                 raise codec.InvalidTick(codec.TOO_LARGE, f"key is {len(key)} bytes, limit {limit}")
-            tick = codec.decode_tick(key, record.value, max_bytes=limit)
+            tick = codec.decode_tick(key, record.value, limit)
         except codec.InvalidTick as exc:
             self._invalid.inc()
             self.dead_letters.send(part, record, exc.reason, exc.detail)
             return
-        symbol = tick.symbol
+        symbol, ts_ms = tick.symbol, tick.ts_ms
         learner = part.learners.get(symbol) or self._new_learner(part, record, symbol)
         if learner is None:
             return
-        if learner.is_late(tick.ts_ms):
+        if learner.is_late(ts_ms):
             self._late.inc()
-            detail = f"ts {tick.ts_ms} is older than the symbol's last tick"
+            detail = f"ts {ts_ms} is older than the symbol's last tick"
             self.dead_letters.send(part, record, codec.LATE, detail)
             return
-        result = learner.on_tick(tick.ts_ms, tick.price)
+        result = learner.on_tick(ts_ms, tick.price)
         part.dirty.add(symbol)
         p = result.prediction
         tp = part.tp
         value_out = codec.encode_prediction(
             f"{tp.topic}/{tp.partition}/{record.offset}",
             symbol,
-            tick.ts_ms,
+            ts_ms,
             p.forecasts,
             p.features_ready,
         )
-        self._send(part, symbol.encode(), value_out, self.outputs.partition(symbol))
+        try:
+            self.publisher.send(
+                self._predictions_topic,
+                symbol.encode(),
+                value_out,
+                None,
+                self.outputs.partition(symbol),
+                tag=tp.partition,
+            )
+        except KafkaError as exc:  # the publisher process could not take the records
+            self._send_failed(part, exc)
         self._unshipped += 1
         if self._unshipped >= SHIP_EVERY_TICKS:
             self._ship(polled_at)
         self._n_processed += 1
         if result.steps:
             self._n_steps += result.steps
+            for seconds in result.step_seconds:
+                self._step_seconds.observe(seconds)
         if result.refused:
             self._n_refused += result.refused
-        for seconds in result.step_seconds:
-            metrics.step_seconds.observe(seconds)
-        metrics.event_lag_seconds.observe(max(0.0, self.clock.time() - tick.ts_ms / 1000.0))
+        self._event_lag.observe(max(0.0, self.clock.time() - ts_ms / 1000.0))
+        rolling = self.rolling
         for score in result.scores:
-            self.rolling[score.horizon].add(score)
+            rolling[score.horizon].add(score)
             if score.alarm:  # rare: a drift alarm of this symbol's horizon
-                metrics.drift_alarms.labels(horizon=str(score.horizon)).inc()
+                self.metrics.drift_alarms.labels(horizon=str(score.horizon)).inc()
 
     def _new_learner(self, part: Partition, record: Any, symbol: str) -> OnlineLearner | None:
         """A fresh learner for a symbol seen for the first time, unless at max_symbols."""
@@ -383,14 +400,9 @@ class Worker:
         self._n_processed = self._n_steps = self._n_refused = 0
 
     # ------------------------------------------------------------------ publishing
-    def _send(self, part: Partition, key: bytes, value: bytes, partition: int | None) -> None:
-        try:
-            self.publisher.send(
-                self.settings.predictions_topic, key, value, None, partition, tag=part.tp.partition
-            )
-        except KafkaError as exc:  # the publisher process could not take the records
-            part.mark_send_failed(repr(exc))
-            self.checkpoints.take_publish_reports()  # other partitions' records may be lost too
+    def _send_failed(self, part: Partition, exc: KafkaError) -> None:
+        part.mark_send_failed(repr(exc))
+        self.checkpoints.take_publish_reports()  # other partitions' records may be lost too
 
     def _ship(self, polled_at: float) -> None:
         """Hand the queued records to the publisher process: there each tick's
