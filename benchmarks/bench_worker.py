@@ -58,6 +58,7 @@ from service.worker import Worker  # noqa: E402
 class Run(NamedTuple):
     rate: float  # records (ticks) per second, wall clock
     cpu_us: float  # CPU time per record, all processes of the run (µs)
+    own_cpu_us: float  # of which this process's (the worker's, without its publisher)
 
 
 def child_cpu_seconds(pid: int | None) -> float:
@@ -92,7 +93,8 @@ def relay(settings: Settings, n: int) -> Run:
                     seen += 1
         producer.flush()
         assert started is not None
-        return Run(n / (time.perf_counter() - started), (time.process_time() - cpu) / n * 1e6)
+        cpu_us = (time.process_time() - cpu) / n * 1e6
+        return Run(n / (time.perf_counter() - started), cpu_us, cpu_us)
     finally:
         producer.close()
         consumer.close()
@@ -132,13 +134,14 @@ def worker_rate(bootstrap: str, redis_url: str, names: Names, n: int) -> Run:
         worker.step()
         if started is None and processed(worker) > 0:
             started = time.perf_counter()
-            cpu = time.process_time() + child_cpu_seconds(child)
+            own, cpu = time.process_time(), child_cpu_seconds(child)
     assert worker.shutdown() == 0
     elapsed = time.perf_counter() - started if started is not None else math.nan
-    cpu = time.process_time() + child_cpu_seconds(child) - cpu
+    own = time.process_time() - own
+    cpu = own + child_cpu_seconds(child) - cpu
     assert worker.publisher.pid == child, "the publisher process was restarted"
     worker.publisher.close()
-    return Run(n / elapsed, cpu / n * 1e6)
+    return Run(n / elapsed, cpu / n * 1e6, own / n * 1e6)
 
 
 def latency(
@@ -199,8 +202,9 @@ def main() -> None:
               f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})")  # fmt: skip
         relay_cpu = float(np.median([r.cpu_us for r in relays]))
         worker_cpu = float(np.median([w.cpu_us for w in workers]))
+        worker_own = float(np.median([w.own_cpu_us for w in workers]))
         print(f"CPU per record          relay {relay_cpu:.0f} us, worker {worker_cpu:.0f} us "
-              f"(its process + the publisher process; median)")  # fmt: skip
+              f"(its process {worker_own:.0f} us + the publisher process; median)")  # fmt: skip
 
         latency_names = Names.fresh()
         env = dict(os.environ, TICKPROP_KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap)
