@@ -72,6 +72,14 @@ def test_records_arrive_in_order_with_keys_values_and_headers(broker, publisher)
     assert by_partition == expected  # every record once, in send order per partition
 
 
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="a Linux scheduling policy")
+def test_the_child_runs_as_a_batch_process_that_does_not_preempt_the_worker(publisher) -> None:
+    publisher.flush(timeout=10)  # answered: the child is past its start-up
+    assert publisher.pid is not None
+    assert os.sched_getscheduler(publisher.pid) == os.SCHED_BATCH
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the worker keeps its own policy
+
+
 def test_a_record_the_producer_refuses_is_a_failure_of_its_tag_only(broker, publisher) -> None:
     topic = Names.fresh().predictions
     produce(broker, topic, [], partitions=1)
