@@ -1,11 +1,11 @@
 """The E-mini accuracy margins from fresh starts: the whole file and disjoint slices of it.
 
-Run: .venv/bin/python benchmarks/eval_fresh_starts.py [--set field=value ...] [--early N]
+Run: .venv/bin/python benchmarks/eval_fresh_starts.py [--set field=value ...] [--size N]
 
 Held-out E-mini days look like the learner started fresh on a part of the shipped
 file it has not seen. This script runs the default learner (`OnlineLearner`, as the
 backtest does) from a fresh start on the whole file, its first and last 100k
-trades and its five disjoint 50k slices, and prints per window and horizon:
+trades and its disjoint slices (50k trades each, or `--size`), and prints per window and horizon:
 
 - `pub-best`: the published p_up's accuracy minus the best simple rule's
   (base rate, persistence, reversal); goals >= -0.005 at 1 tick, >= +0.015 at 5,
@@ -83,9 +83,10 @@ def run(series: Series, config: LearnerConfig, early: int) -> dict[int, tuple[Ta
     return tallies
 
 
-def windows(es: Series) -> list[tuple[str, Series]]:
+def windows(es: Series, size: int = 50_000) -> list[tuple[str, Series]]:
     out = [("whole 250k", es), ("first 100k", es[:100_000]), ("last 100k", es[-100_000:])]
-    out += [(f"50k #{i}", es[i * 50_000 : (i + 1) * 50_000]) for i in range(5)]
+    label = f"{size // 1000}k"
+    out += [(f"{label} #{i}", es[lo : lo + size]) for i, lo in enumerate(range(0, len(es), size))]
     return out
 
 
@@ -94,6 +95,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="LearnerConfig field=value")
     parser.add_argument("--early", type=int, default=1000, help="first N scored predictions")
     parser.add_argument("--window", action="append", help="only these windows (by name)")
+    parser.add_argument("--size", type=int, default=50_000, help="trades per disjoint slice")
     args = parser.parse_args()
     config = LearnerConfig(**parse_set(args.set))
     print(f"settings: {config.as_dict()}")
@@ -103,7 +105,7 @@ def main() -> None:
     print(head)
     start = time.perf_counter()
     worst: dict[int, float] = {}
-    for name, series in windows(es):
+    for name, series in windows(es, args.size):
         if args.window and name not in args.window:
             continue
         for h, (whole, first) in run(series, config, args.early).items():

@@ -346,7 +346,8 @@ class Horizon:
         return 1.0 / (1.0 + math.exp(d if d > -700 else -700))
 
     def publish(self, p_net: float) -> float:
-        """The p_up the service stands behind, from the network's p_up (a ready tick)."""
+        """The p_up the service stands behind, from the gated network's p_up (`gated`; a
+        ready tick)."""
         w = self.w_net
         return w * p_net + (1.0 - w) * self.base
 
