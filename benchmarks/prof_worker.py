@@ -10,16 +10,18 @@ consumer that returns poll batches of TICKPROP_POLL_MAX_RECORDS records, into a 
 publisher that keeps nothing. What bench_worker.py adds to this is kafka-python's consumer
 in this process and the producer in the publisher process.
 
-Rounds alternate `TICKPROP_HORIZONS=1` and the default horizons and the medians of the
-CPU time per record are printed (CPU time: other jobs on a shared machine do not count),
-with the share inside `OnlineLearner.on_tick` (the learner) apart from the rest (the
-worker's own part), from one more run of each that times on_tick. `--profile` then runs
-the default horizons once under cProfile and prints the functions with the most own time.
+Rounds alternate `TICKPROP_HORIZONS=1` and the default horizons and print the medians of
+the CPU time per record (CPU time: other jobs on a shared machine do not count), and of
+the same run with the learner's results replayed (recorded in a first run, handed back
+in order without learning): the worker's own part, the rest being the learner's.
+`--profile` then runs the default horizons once under cProfile and prints the functions
+with the most own time.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import logging
 import pstats
@@ -129,34 +131,44 @@ def stream(n: int) -> dict[TopicPartition, list[Any]]:
     return out
 
 
-class LearnerTimer:
-    """Wraps OnlineLearner.on_tick to add up the time spent inside it."""
+class Replay:
+    """Inside `with`, OnlineLearner.on_tick records its results (`record=True`) or, without
+    learning, hands back the recorded ones in the same order: the worker around it then
+    does exactly the same work (the same scores, forecasts and encodings) minus the learner.
+    """
 
-    def __init__(self) -> None:
-        self.seconds = 0.0
+    def __init__(self, record: bool, results: list[Any] | None = None) -> None:
+        self.record = record
+        self.results: list[Any] = results if results is not None else []
         self.original = OnlineLearner.on_tick
 
-    def __enter__(self) -> LearnerTimer:
-        original, timer, clock = self.original, self, time.perf_counter
+    def __enter__(self) -> Replay:
+        original, results = self.original, self.results
+        if self.record:
 
-        def timed(learner: OnlineLearner, ts_ms: int, price: float) -> Any:
-            start = clock()
-            try:
-                return original(learner, ts_ms, price)
-            finally:
-                timer.seconds += clock() - start
+            def on_tick(learner: OnlineLearner, ts_ms: int, price: float) -> Any:
+                result = original(learner, ts_ms, price)
+                results.append(result)
+                return result
 
-        OnlineLearner.on_tick = timed  # type: ignore[method-assign]
+        else:
+            replay = iter(results)
+
+            def on_tick(learner: OnlineLearner, ts_ms: int, price: float) -> Any:
+                learner.last_ts = ts_ms  # what is_late reads
+                return next(replay)
+
+        OnlineLearner.on_tick = on_tick  # type: ignore[method-assign]
         return self
 
     def __exit__(self, *exc: object) -> None:
         OnlineLearner.on_tick = self.original  # type: ignore[method-assign]
 
 
-def run(
-    records: dict[TopicPartition, list[Any]], horizons: str, timed: bool
-) -> tuple[float, float]:
-    """(CPU µs per record for the whole worker, of which inside on_tick) over the stream."""
+def run(records: dict[TopicPartition, list[Any]], horizons: str, replay: Replay | None) -> float:
+    """CPU µs per record of the worker over the stream (inside `replay` when given).
+
+    CPU time: on the shared machine, another job's share of the cores does not count."""
     settings = Settings(ticks_topic=TOPIC, horizons=horizons)
     consumer = StreamConsumer(records, settings.poll_max_records)
     worker = Worker(
@@ -166,23 +178,15 @@ def run(
     worker.start()
     worker.assign(sorted(records, key=lambda tp: tp.partition))
     n = sum(len(rs) for rs in records.values())
-    timer = LearnerTimer()
-    if timed:
-        timer.__enter__()
-    try:
-        start, cpu = time.perf_counter(), time.process_time()
+    with replay or contextlib.nullcontext():
+        cpu = time.process_time()
         while any(consumer.queues.values()):
             worker.step()
         assert worker.shutdown() == 0
-        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
-    finally:
-        if timed:
-            timer.__exit__()
+        cpu = time.process_time() - cpu
     done = worker.metrics.registry.get_sample_value("tickprop_predictions_total")
     assert done == n, f"{done} predictions for {n} records"
-    # CPU time: on the shared machine another job's share of the cores does not count.
-    # The learner's wall-clock share of the run, applied to it.
-    return cpu / n * 1e6, cpu / n * 1e6 * timer.seconds / elapsed
+    return cpu / n * 1e6
 
 
 def main() -> None:
@@ -195,28 +199,32 @@ def main() -> None:
     logging.getLogger("tickprop.fetch_guard").setLevel(logging.ERROR)  # fakes: nothing to guard
     records = stream(args.ticks)
     default = ",".join(str(h) for h in Settings().horizons)
-    results: dict[str, list[tuple[float, float]]] = {"1": [], default: []}
-    run(records, default, timed=False)  # warm up: imports, first allocations
+    recorded = {}
+    for horizons in ("1", default):  # also the warm-up: imports, first allocations
+        recorded[horizons] = Replay(record=True)
+        run(records, horizons, recorded[horizons])
+    whole: dict[str, list[float]] = {"1": [], default: []}
+    rest: dict[str, list[float]] = {"1": [], default: []}
     for _ in range(args.rounds):
-        for horizons in results:
-            results[horizons].append(run(records, horizons, timed=False))
-    timed = {h: run(records, h, timed=True) for h in results}
+        for horizons in whole:
+            whole[horizons].append(run(records, horizons, None))
+            rest[horizons].append(run(records, horizons, Replay(False, recorded[horizons].results)))
     print(f"records      {args.ticks:,} (mixed stream, {PARTITIONS} partitions, fakes, "
-          f"{args.rounds} rounds)")  # fmt: skip
-    for horizons, rounds in results.items():
-        total = float(np.median([r[0] for r in rounds]))
-        whole, learner = timed[horizons]
+          f"{args.rounds} rounds, medians)")  # fmt: skip
+    for horizons in whole:
+        total, own = float(np.median(whole[horizons])), float(np.median(rest[horizons]))
         print(
             f"horizons {horizons:<8} {total:5.1f} CPU us/record (rounds: "
-            f"{', '.join(f'{r[0]:.1f}' for r in rounds)}); timed run: learner {learner:.1f} us, "
-            f"the rest {whole - learner:.1f} us"
+            f"{', '.join(f'{r:.1f}' for r in whole[horizons])}): the learner {total - own:.1f}, "
+            f"the rest {own:.1f} (its results replayed; rounds: "
+            f"{', '.join(f'{r:.1f}' for r in rest[horizons])})"
         )
-    one, three = (float(np.median([r[0] for r in rounds])) for rounds in results.values())
+    one, three = float(np.median(whole["1"])), float(np.median(whole[default]))
     print(f"{default} / 1       {three / one:.2f}x")
     if args.profile:
         profiler = cProfile.Profile()
         profiler.enable()
-        run(records, default, timed=False)
+        run(records, default, None)
         profiler.disable()
         pstats.Stats(profiler).sort_stats("tottime").print_stats(args.top)
 
