@@ -17,7 +17,7 @@ ticks). Each tick, in this order (docs/messages.md defines the label):
    stacked weights, one numpy call per layer whatever K);
 5. predict for this tick: every horizon's network sees the same features x; the
    published p_up of a horizon is its network's probability mixed with the base
-   rate (`Horizon.publish`), or the base rate before the features are ready.
+   rate (`Horizon.mixture_weight`), or the base rate before the features are ready.
 
 The baselines, scored on the same labels per horizon: `base_rate` (p_up = (ups + 1)
 / (labels + 2), the share of up labels so far with a uniform prior), `persistence`
@@ -248,27 +248,33 @@ class Horizon:
     """One horizon of a symbol's learner: its pending predictions, labels, base rate, mixture.
 
     Its network is row `index` of the learner's `StackedNetworks`. Its published p_up mixes
-    two experts: the gated network (`gated`) and the base rate. The state is
-    counters (ints) and floats; `state()` / `load()` hand them to the learner's
-    format, so a field added here is serialised by adding it to COUNTERS or FLOATS.
-    The scorecard and the drift monitor follow the rings as their own float vectors.
+    two experts: the gated network (`gated`) and the base rate, one mixture per slot. The
+    state is counters (ints), floats and rings of h floats; `state()` / `load()` hand them
+    to the learner's format, so a field added here is serialised by adding it to COUNTERS,
+    FLOATS or RINGS. The scorecard and the drift monitor follow as their own vectors.
     """
 
     # ups, downs: every label; up_ups ... down_downs: by the sign of the last move before it
     COUNTERS = ("ups", "downs", "scored", "up_ups", "up_downs", "down_ups", "down_downs")
-    FLOATS = ("loss_net", "loss_base", "trust")  # then the five rings of h floats each
-
-    __slots__ = (
-        "h",
-        "index",
+    FLOATS = ("trust",)
+    RINGS = (
         "pending_p",
         "pending_net",
         "pending_base",
         "pending_raw",
         "pending_rule",
+        "loss_net",
+        "loss_base",
+    )
+
+    __slots__ = (
+        "h",
+        "index",
+        *RINGS,
         "base",
         "w_net",
         "base_logit",
+        "log_prior",
         "rule_up",
         "rule_down",
         "card",
@@ -291,6 +297,11 @@ class Horizon:
         self.pending_base = [0.0] * h  # the base rate's p_up
         self.pending_raw = [0.0] * h  # the network's own p_up, before the gate
         self.pending_rule = [0.0] * h  # the sign rule's p_up
+        # The mixture of slot r weighs the predictions of the ticks n with n % h == r: each
+        # learns its loss just before it predicts again (docs/horizons.md). Summed log loss
+        # of the gated network's scored predictions, and of the base rate's, per slot:
+        self.loss_net = [0.0] * h
+        self.loss_base = [0.0] * h
         self.ups = 0  # labels seen (all, ready or not), for the base rate
         self.downs = 0
         self.up_ups = 0  # ... of them, labels whose prediction followed an up move
@@ -298,14 +309,13 @@ class Horizon:
         self.down_ups = 0  # ... and a down move
         self.down_downs = 0
         self.scored = 0
-        self.loss_net = 0.0  # summed log loss of the gated network's scored predictions
-        self.loss_base = 0.0  # ... and of the base rate's, on the same labels
         # EWMA of +1 (the network was right) / -1 (wrong) over the scored predictions where
         # its call and the sign rule's differed: the gate is open while it is > 0.
         self.trust = 0.0
         # Derived from the state above, kept because every tick reads them:
+        self.log_prior = math.log(h)  # the base rate's prior log-odds against the network
         self.base = 0.5  # base_rate()
-        self.w_net = 0.5  # the network's weight in the published p_up: mixture_weight()
+        self.w_net = [self.mixture_weight(0)] * h  # the network's weight, per slot
         self.base_logit = 0.0  # ln(base / (1 − base))
         self.rule_up = 0.5  # the sign rule's p_up after an up move: rule_rate(1.0)
         self.rule_down = 0.5  # ... after a down move: rule_rate(-1.0)
@@ -332,24 +342,23 @@ class Horizon:
             return q, q
         return p_raw, q
 
-    def mixture_weight(self) -> float:
-        """The network's weight in the published p_up, against the base rate's.
+    def mixture_weight(self, slot: int) -> float:
+        """The network's weight in the published p_up of slot `slot`, against the base rate's.
 
-        A Bayesian mixture of the two experts under log loss: each is weighted by
-        exp(−its summed log loss so far), so the mixture's summed log loss is at most
-        the better expert's + ln 2 (docs/horizons.md).
+        A Bayesian mixture of the two experts under log loss, one per slot: each expert is
+        weighted by its prior times exp(−its summed log loss on the slot's predictions so
+        far). A slot's prediction resolves just before the slot predicts again, so each
+        slot's mixture has its losses in time, and its summed log loss is at most the
+        base rate's + ln(1 + 1/h) (prior odds h : 1 for the base rate): over all h slots,
+        at most h·ln(1 + 1/h) < 1 nat above the base rate's, whatever the network does
+        (docs/horizons.md).
         """
-        d = self.loss_net - self.loss_base  # > 0: the base rate has done better
+        # > 0: the base rate has done better (or the network has not yet earned its trust)
+        d = self.loss_net[slot] - self.loss_base[slot] + self.log_prior
         if d > 0:
             e = math.exp(-d) if d < 700 else 0.0
             return e / (1.0 + e)
         return 1.0 / (1.0 + math.exp(d if d > -700 else -700))
-
-    def publish(self, p_net: float) -> float:
-        """The p_up the service stands behind, from the gated network's p_up (`gated`; a
-        ready tick)."""
-        w = self.w_net
-        return w * p_net + (1.0 - w) * self.base
 
     def count(self, label: int, sign: float) -> None:
         """A label resolved (ready or not): it counts toward the base rate, and toward the
@@ -387,10 +396,10 @@ class Horizon:
         q_base = p_base if label else 1.0 - p_base
         loss = -math.log(q_net if q_net > 1e-15 else 1e-15)
         loss_base = -math.log(q_base if q_base > 1e-15 else 1e-15)
-        self.loss_net += loss
-        self.loss_base += loss_base
+        self.loss_net[slot] += loss
+        self.loss_base[slot] += loss_base
         self.scored += 1
-        self.w_net = self.mixture_weight()
+        self.w_net[slot] = self.mixture_weight(slot)
         p_raw = self.pending_raw[slot]
         if (p_raw >= 0.5) != (self.pending_rule[slot] >= 0.5):  # the network called against
             right = 1.0 if (p_raw >= 0.5) == (label == 1) else -1.0
@@ -404,22 +413,15 @@ class Horizon:
 
     # ------------------------------------------------------------------ state
     def state(self) -> tuple[dict[str, int], np.ndarray]:
-        """(counters, floats): FLOATS, the pending rings p, net, base, raw, rule, scorecard,
-        drift."""
+        """(counters, floats): FLOATS, the RINGS in order, the scorecard, the drift monitor."""
         counters = {name: getattr(self, name) for name in self.COUNTERS}
         head = [float(getattr(self, name)) for name in self.FLOATS]
-        rings = np.array(
-            head
-            + self.pending_p
-            + self.pending_net
-            + self.pending_base
-            + self.pending_raw
-            + self.pending_rule
-        )
+        rings = np.array(head + [v for name in self.RINGS for v in getattr(self, name)])
         return counters, np.concatenate([rings, self.card.state(), self.drift.state()])
 
     def n_floats(self) -> int:
-        return len(self.FLOATS) + 5 * self.h + SCORECARD_SIZE + DriftMonitor.STATE_SIZE
+        n_rings = len(self.RINGS) * self.h
+        return len(self.FLOATS) + n_rings + SCORECARD_SIZE + DriftMonitor.STATE_SIZE
 
     def load(self, counters: dict[str, Any], floats: np.ndarray) -> None:
         """Restore what `state()` returned; ValueError on anything malformed."""
@@ -436,12 +438,9 @@ class Horizon:
         for name, v in zip(self.FLOATS, values[:n], strict=True):
             setattr(self, name, v)
         h = self.h
-        self.pending_p = values[n : n + h]
-        self.pending_net = values[n + h : n + 2 * h]
-        self.pending_base = values[n + 2 * h : n + 3 * h]
-        self.pending_raw = values[n + 3 * h : n + 4 * h]
-        self.pending_rule = values[n + 4 * h : n + 5 * h]
-        tail = n + 5 * h
+        for i, name in enumerate(self.RINGS):
+            setattr(self, name, values[n + i * h : n + (i + 1) * h])
+        tail = n + len(self.RINGS) * h
         self.card = Scorecard.from_state(
             floats[tail : tail + SCORECARD_SIZE], self.card.fading_factor
         )
@@ -452,7 +451,7 @@ class Horizon:
         self.base_logit = _logit(self.base)
         self.rule_up = self.rule_rate(1.0)
         self.rule_down = self.rule_rate(-1.0)
-        self.w_net = self.mixture_weight()
+        self.w_net = [self.mixture_weight(slot) for slot in range(h)]
 
 
 class OnlineLearner:
@@ -645,6 +644,7 @@ class OnlineLearner:
         gate = self.config.rule_gate
         for hz in self.horizons:
             base = hz.base
+            own = n % hz.h
             if p_nets is None:
                 p = p_net = p_raw = rule = base
             else:
@@ -655,9 +655,8 @@ class OnlineLearner:
                     p_net = rule if shut else p_raw
                 else:
                     p_net, rule = p_raw, base
-                w = hz.w_net
+                w = hz.w_net[own]  # the slot's mixture of the network and the base rate
                 p = w * p_net + (1.0 - w) * base
-            own = n % hz.h
             hz.pending_p[own] = p
             hz.pending_net[own] = p_net
             hz.pending_base[own] = base
@@ -695,8 +694,9 @@ class OnlineLearner:
 # payload order, each horizon's counters and float count, and each network blob's
 # length. Floats live only in the arrays (exact).
 MAGIC = b"TPLS"
-VERSION = 5  # 3: one network, pending ring, base rate and mixture per horizon; 4: scorecards,
-# drift; 5: the sign rule's counts, the gate's trust, the raw and rule rings
+VERSION = 6  # 3: one network, pending ring, base rate and mixture per horizon; 4: scorecards,
+# drift; 5: the sign rule's counts, the gate's trust, the raw and rule rings; 6: a mixture
+# per slot of a horizon (its two loss sums are rings)
 _LEN = struct.Struct("<I")
 _ARRAYS = ("features", "moves", "pending_x", "pending")  # payload order
 
