@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from json.encoder import encode_basestring
@@ -300,12 +301,16 @@ def encode_tick(tick: Tick) -> bytes:
 
 
 class ForecastLike(Protocol):
-    """One horizon's forecast (`model.learner.Forecast` is one)."""
+    """One horizon's forecast (`model.learner.Forecast` is one, `PackedForecast` another)."""
 
-    horizon: int
-    p_up: float
-    direction: str
-    model_version: int
+    @property
+    def horizon(self) -> int: ...
+    @property
+    def p_up(self) -> float: ...
+    @property
+    def direction(self) -> str: ...
+    @property
+    def model_version(self) -> int: ...
 
 
 def encode_prediction(
@@ -348,6 +353,82 @@ def encode_prediction(
 
 _escape = encode_basestring  # the C escaper json itself uses when ensure_ascii=False
 _float_repr = float.__repr__  # what json uses for a float
+
+
+# A prediction can cross to the publisher process as its numbers, packed, and be written
+# as JSON there (`encode_packed_prediction`): formatting it, mostly the floats' repr, is
+# ~3 µs per tick with three horizons, which then run beside the learner, not before it.
+# Packed: forecast count, features_ready, ts, id length (bytes); per forecast horizon,
+# p_up, up (direction == "up"), model_version; the id's UTF-8, then the symbol's.
+_PACKED_HEAD = struct.Struct("<B?qI")
+_PACKED_FORECASTS: dict[int, struct.Struct] = {}  # forecast count -> its struct
+
+
+class PackedForecast(NamedTuple):
+    """A forecast read back from a packed prediction (a `ForecastLike`)."""
+
+    horizon: int
+    p_up: float
+    direction: str
+    model_version: int
+
+
+def _forecasts_struct(k: int) -> struct.Struct:
+    packer = _PACKED_FORECASTS.get(k)
+    if packer is None:
+        packer = _PACKED_FORECASTS[k] = struct.Struct("<" + "qd?Q" * k)
+    return packer
+
+
+def pack_prediction(
+    id: str,
+    symbol: str,
+    ts: int,
+    forecasts: Sequence[ForecastLike],
+    features_ready: bool,
+) -> bytes:
+    """`encode_prediction`'s arguments packed, for `encode_packed_prediction` to give the
+    same bytes; ValueError for what encode_prediction refuses, and for a horizon or ts
+    outside signed 64 bits or a model_version outside unsigned 64 bits."""
+    if not forecasts:
+        raise ValueError("a prediction needs at least one forecast")
+    values: list[Any] = []
+    for f in forecasts:
+        direction = f.direction
+        if direction != "up" and direction != "down":
+            raise ValueError(f"direction must be 'up' or 'down', got {direction!r}")
+        p = float(f.p_up)
+        if p - p != 0.0:  # inf - inf and NaN - NaN are NaN: not valid JSON
+            raise ValueError(f"p_up must be finite, got {p!r}")
+        values += (int(f.horizon), p, direction == "up", int(f.model_version))
+    id_bytes = id.encode()
+    try:
+        head = _PACKED_HEAD.pack(len(forecasts), features_ready, int(ts), len(id_bytes))
+        body = _forecasts_struct(len(forecasts)).pack(*values)
+    except struct.error as exc:
+        raise ValueError(f"cannot pack the prediction: {exc}") from None
+    return b"".join((head, body, id_bytes, symbol.encode()))
+
+
+def encode_packed_prediction(packed: bytes) -> bytes:
+    """The prediction JSON of a `pack_prediction` result: byte for byte what
+    `encode_prediction` makes of the same arguments. ValueError if `packed` is not one."""
+    try:
+        k, ready, ts, id_length = _PACKED_HEAD.unpack_from(packed)
+        body = _forecasts_struct(k)
+        values = body.unpack_from(packed, _PACKED_HEAD.size)
+    except struct.error as exc:
+        raise ValueError(f"not a packed prediction: {exc}") from None
+    start = _PACKED_HEAD.size + body.size
+    if start + id_length > len(packed):
+        raise ValueError("not a packed prediction: its id runs past the end")
+    forecasts = [
+        PackedForecast(values[i], values[i + 1], "up" if values[i + 2] else "down", values[i + 3])
+        for i in range(0, 4 * k, 4)
+    ]
+    id = packed[start : start + id_length].decode()
+    symbol = packed[start + id_length :].decode()
+    return encode_prediction(id, symbol, ts, forecasts, ready)
 
 
 # Fixed key order, no spaces, no NaN (ValueError instead): deterministic and strict JSON.

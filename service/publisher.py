@@ -33,7 +33,8 @@ it preempt the worker on the worker's core (see `_child_main`).
 
 Frames, both ways (no pickle): u32 LE length, one type byte, payload.
   parent -> child: C config (JSON: client kwargs, producer options, log level), R records
-  (see `_REC`), F flush (f64 timeout), P partitions_for (topic), Q close.
+  (see `_REC`; a record flagged PACKED_PREDICTION carries a packed prediction as its
+  value, which the child writes as JSON), F flush (f64 timeout), P partitions_for (topic), Q close.
   child -> parent: one JSON reply per F or P: {"ok", "error", "failures", "offsets",
   "partitions"}.
 """
@@ -58,6 +59,7 @@ from typing import Any
 
 from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
+from service import codec
 from service.backoff import backoff
 
 log = logging.getLogger("tickprop.publisher")
@@ -78,6 +80,7 @@ _HEADER_NAME = struct.Struct("<I")
 _HEADER_VALUE = struct.Struct("<i")
 _TIMEOUT = struct.Struct("<d")
 WANT_OFFSET = 1
+PACKED_PREDICTION = 2  # the value is `codec.pack_prediction`'s: the child writes the JSON
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])  # the folder holding service/
 
 
@@ -123,19 +126,23 @@ class ProcessPublisher:
         partition: int | None = None,
         tag: int = 0,
         want_offset: bool = False,
+        packed_prediction: bool = False,
     ) -> None:
         """Queue one record; KafkaError if the child cannot take the buffer when it ships.
 
         Any header Kafka allows passes the pipe; kafka-python's producer then sends a null
         header value as empty and refuses a name that is not UTF-8 (a failure reported
-        for `tag`), so callers who must keep such headers use codec.keepable_headers."""
+        for `tag`), so callers who must keep such headers use codec.keepable_headers.
+        With `packed_prediction`, `value` is `codec.pack_prediction`'s and the child sends
+        `codec.encode_packed_prediction(value)` (the same bytes as encode_prediction's):
+        the worker leaves the JSON formatting to the child's core."""
         t = self._topics.get(topic)
         if t is None:
             t = self._topics[topic] = topic.encode()
         buf = self._buffer
         buf += _REC.pack(
             tag,
-            WANT_OFFSET if want_offset else 0,
+            (WANT_OFFSET if want_offset else 0) | (PACKED_PREDICTION if packed_prediction else 0),
             -1 if partition is None else partition,
             len(t),
             -1 if key is None else len(key),
@@ -414,6 +421,8 @@ class _Child:
                 headers.append((name, data[offset : offset + header_len]))
                 offset += header_len
             try:
+                if flags & PACKED_PREDICTION:
+                    value = codec.encode_packed_prediction(value or b"")
                 future = send(
                     topic,
                     key=key,
@@ -421,7 +430,8 @@ class _Child:
                     headers=headers or None,
                     partition=None if partition < 0 else partition,
                 )
-            except (KafkaError, ValueError, TypeError) as exc:  # no metadata in time; refused
+            except (KafkaError, ValueError, TypeError) as exc:  # no metadata in time; refused;
+                # not a packed prediction after all
                 self.failed(tag, exc)
                 continue
             future.add_errback(self.failed, tag)

@@ -341,7 +341,8 @@ class Worker:
         part.dirty.add(symbol)
         p = result.prediction
         tp = part.tp
-        value_out = codec.encode_prediction(
+        # Packed, not JSON: the publisher process writes the JSON (codec.pack_prediction).
+        value_out = codec.pack_prediction(
             f"{tp.topic}/{tp.partition}/{record.offset}",
             symbol,
             ts_ms,
@@ -356,6 +357,7 @@ class Worker:
                 None,
                 self.outputs.partition(symbol),
                 tag=tp.partition,
+                packed_prediction=True,
             )
         except KafkaError as exc:  # the publisher process could not take the records
             self._send_failed(part, exc)

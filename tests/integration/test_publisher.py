@@ -28,6 +28,8 @@ from worker_kit import (
     wait_until,
 )
 
+from model.learner import Forecast
+from service.codec import encode_prediction, pack_prediction
 from service.main import PRODUCER_OPTIONS
 from service.publisher import ProcessPublisher
 
@@ -87,13 +89,19 @@ def test_a_record_the_producer_refuses_is_a_failure_of_its_tag_only(broker, publ
     publisher.send(topic, None, None, None, 0, tag=2)  # kafka-python: key or value needed
     not_utf8 = b"\xffname".decode("utf-8", "surrogateescape")
     publisher.send(topic, b"k", b"raw name", [(not_utf8, b"v")], 0, tag=4)  # it refuses too
+    # A packed prediction is sent as its JSON; bytes that are none fail their tag alone.
+    forecasts = [Forecast(1, 0.25, "down", 7), Forecast(5, 0.75, "up", 9)]
+    packed = pack_prediction("t/0/12", "k", 1_700_000_000_000, forecasts, True)
+    publisher.send(topic, b"k", packed, None, 0, tag=5, packed_prediction=True)
+    publisher.send(topic, b"k", packed[:20], None, 0, tag=6, packed_prediction=True)
     publisher.send(topic, b"k", b"after", None, 0, tag=3)
     publisher.flush(timeout=10)
     failures = publisher.take_failures()
-    assert sorted(failures) == [2, 4] and "ValueError" in failures[2]
-    assert "UnicodeEncodeError" in failures[4]
+    assert sorted(failures) == [2, 4, 6] and "ValueError" in failures[2]
+    assert "UnicodeEncodeError" in failures[4] and "not a packed prediction" in failures[6]
     got = read_topic(broker, topic)
-    assert [r.value for r in got] == [b"before", b"after"]
+    prediction = encode_prediction("t/0/12", "k", 1_700_000_000_000, forecasts, True)
+    assert [r.value for r in got] == [b"before", prediction, b"after"]
     assert got[0].headers == [("null", b"")]  # the pipe carried the null; sent empty
 
 

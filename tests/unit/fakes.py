@@ -11,6 +11,7 @@ from typing import Any
 from kafka import TopicPartition
 from kafka.errors import KafkaTimeoutError
 
+from service.codec import encode_packed_prediction
 from service.protocols import Headers
 
 
@@ -95,8 +96,11 @@ class FakePublisher:
 
     # fmt: off
     def send(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers = None,
-             partition: int | None = None, tag: int = 0, want_offset: bool = False) -> None:
+             partition: int | None = None, tag: int = 0, want_offset: bool = False,
+             packed_prediction: bool = False) -> None:
         # fmt: on
+        if packed_prediction and value is not None:  # what the publisher process sends
+            value = encode_packed_prediction(value)
         self.sent.append((topic, key, value, tag))
 
     def ship(self) -> None:

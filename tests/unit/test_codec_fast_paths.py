@@ -160,3 +160,39 @@ def test_loads_fast_path_agrees_with_json_loads(
     else:
         value = (outer + text[: len(text) - cut] + outer).encode(encoding, "surrogatepass")
     assert loads_outcome(_loads, value) == loads_outcome(json.loads, value)
+
+
+@given(
+    id=st.text(max_size=80),
+    symbol=st.text(min_size=1, max_size=64),
+    ts=st.integers(0, 253_402_300_799_999),
+    forecasts=st.lists(forecast, min_size=1, max_size=8),
+    ready=st.booleans(),
+)
+def test_a_packed_prediction_is_written_as_encode_prediction_writes_it(
+    id: str, symbol: str, ts: int, forecasts: list[Forecast], ready: bool
+) -> None:
+    from service.codec import encode_packed_prediction, pack_prediction
+
+    packed = pack_prediction(id, symbol, ts, forecasts, ready)
+    assert encode_packed_prediction(packed) == encode_prediction(id, symbol, ts, forecasts, ready)
+
+
+@pytest.mark.parametrize(
+    "forecasts",
+    [[], [Forecast(1, math.nan, "up", 0)], [Forecast(1, 0.5, "sideways", 0)],
+     [Forecast(1, 0.5, "up", -1)]],
+)  # fmt: skip
+def test_pack_prediction_refuses_what_cannot_be_written(forecasts: list[Forecast]) -> None:
+    from service.codec import pack_prediction
+
+    with pytest.raises(ValueError):
+        pack_prediction("t/0/1", "ES", 1, forecasts, True)
+
+
+@pytest.mark.parametrize("packed", [b"", b"\x01\x01", b"\x01" + bytes(20), b"\x00" + bytes(15)])
+def test_bytes_that_are_no_packed_prediction_raise_value_error(packed: bytes) -> None:
+    from service.codec import encode_packed_prediction
+
+    with pytest.raises(ValueError):
+        encode_packed_prediction(packed)
