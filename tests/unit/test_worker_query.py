@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import deque
 from types import SimpleNamespace
 from typing import Any
@@ -67,6 +68,10 @@ def test_alarms_are_counted_and_the_api_reads_live_learners_while_the_loop_runs(
         worker.start()
         while consumer.batches:
             worker.step()
+            # Between steps the worker's lock is free, but a thread waiting for it rarely
+            # gets it before this one takes it again: let the readers in, as the real
+            # loop's poll() does, so that they ask while the loop learns.
+            time.sleep(0.001)
 
     loop = threading.Thread(target=drain)
     loop.start()
