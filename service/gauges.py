@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from kafka import TopicPartition
@@ -81,17 +82,24 @@ class Gauges:
         return max(0, highwater - (part.next_offset or 0))
 
     def update(
-        self, symbols: int, ready: bool, rolling: dict[int, RollingScores], force: bool = False
+        self,
+        symbols: Callable[[], int],
+        ready: Callable[[], bool],
+        rolling: dict[int, RollingScores],
+        force: bool = False,
     ) -> None:
-        """Set every gauge, unless they were set less than EVERY_SECONDS ago (and not `force`)."""
+        """Set every gauge, unless they were set less than EVERY_SECONDS ago (and not `force`).
+
+        `symbols` and `ready` are asked only then: the loop calls this after every poll,
+        and readiness reads kafka-python's metrics, which it computes all at once."""
         now = self.clock.monotonic()
         if not force and now - self._set_at < EVERY_SECONDS:
             return
         self._set_at = now
         m = self.metrics
         m.assigned_partitions.set(len(self.partitions))
-        m.symbols.set(symbols)
-        m.ready.set(1 if ready else 0)
+        m.symbols.set(symbols())
+        m.ready.set(1 if ready() else 0)
         self._log_silence()
         for part in self.partitions.values():
             partition = str(part.tp.partition)

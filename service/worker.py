@@ -422,7 +422,7 @@ class Worker:
 
     def _update_gauges(self, force: bool = False) -> None:
         self.unreadable.log_due()
-        self.gauges.update(self.ownership.symbol_count(), self.ready, self.rolling, force)
+        self.gauges.update(self.ownership.symbol_count, lambda: self.ready, self.rolling, force)
 
     def _idle_for(self, seconds: float) -> bool:
         """Drained (no lag on any partition, all active) and no record for `seconds`."""
