@@ -367,8 +367,8 @@ class Horizon:
             self.ups += 1
         else:
             self.downs += 1
-        self.base = (self.ups + 1.0) / (self.ups + self.downs + 2.0)  # base_rate(), inlined
-        self.base_logit = _logit(self.base)
+        self.base = base = (self.ups + 1.0) / (self.ups + self.downs + 2.0)  # base_rate()
+        self.base_logit = math.log(base / (1.0 - base))  # _logit(base), inlined
         if sign > 0:
             if label:
                 self.up_ups += 1
@@ -380,7 +380,7 @@ class Horizon:
             else:
                 self.down_downs += 1
         # rule_rate(±1.0), inlined; both change, as their prior follows the base rate
-        prior = RULE_PRIOR * self.base
+        prior = RULE_PRIOR * base
         self.rule_up = (self.up_ups + prior) / (self.up_ups + self.up_downs + RULE_PRIOR)
         self.rule_down = (self.down_ups + prior) / (self.down_ups + self.down_downs + RULE_PRIOR)
 
@@ -399,7 +399,13 @@ class Horizon:
         self.loss_net[slot] += loss
         self.loss_base[slot] += loss_base
         self.scored += 1
-        self.w_net[slot] = self.mixture_weight(slot)
+        # mixture_weight(slot), inlined: this runs for every score of every horizon
+        d = self.loss_net[slot] - self.loss_base[slot] + self.log_prior
+        if d > 0:
+            e = math.exp(-d) if d < 700 else 0.0
+            self.w_net[slot] = e / (1.0 + e)
+        else:
+            self.w_net[slot] = 1.0 / (1.0 + math.exp(d if d > -700 else -700))
         p_raw = self.pending_raw[slot]
         if (p_raw >= 0.5) != (self.pending_rule[slot] >= 0.5):  # the network called against
             right = 1.0 if (p_raw >= 0.5) == (label == 1) else -1.0
@@ -573,11 +579,13 @@ class OnlineLearner:
                 label = 0
             else:
                 continue  # inside the dead band: neither scored nor trained on
-            hz.count(label, self.pending_sign[then])
+            sign = self.pending_sign[then]
+            hz.count(label, sign)
             base_logits[hz.index] = hz.base_logit
             if not self.pending_ready[then]:
                 continue
-            score = hz.resolve(n % h, label, 1 if self.pending_sign[then] > 0 else 0, n + 1)
+            own = n % h
+            score = hz.resolve(own, label, 1 if sign > 0 else 0, n + 1)
             scores.append(score)
             k = hz.index
             if hz.drift.response != "none":
@@ -586,7 +594,7 @@ class OnlineLearner:
             self._rows[k] = then
             self._targets[k] = float(label)
             if offset:  # the base-rate logit this prediction's network output was added to
-                self._offsets[k] = _logit(hz.pending_base[n % h])
+                self._offsets[k] = _logit(hz.pending_base[own])
         slot = n % ring
         if stepping:  # the stored inputs leave the ring before this tick's x may overwrite one
             self._x1.take(self._rows, axis=0, out=self.nets.X, mode="clip")
