@@ -326,19 +326,14 @@ def encode_prediction(
     and model_version repeat the first. Byte for byte what `_dumps` makes of the same
     dict (fixed key order, no spaces, strings escaped by the json module's own C
     escaper, floats as `repr`, NaN refused), formatted directly: the worker calls this
-    once per tick, and the generic encoder cost ~4x more (tests/unit/test_codec_speed.py
+    once per tick, and the generic encoder cost ~4x more (tests/unit/test_codec_fast_paths.py
     checks the two agree).
     """
     if not forecasts:
         raise ValueError("a prediction needs at least one forecast")
     parts = []
     for f in forecasts:  # _forecast_json inlined: three times per tick by default
-        direction = f.direction
-        if direction != "up" and direction != "down":
-            raise ValueError(f"direction must be 'up' or 'down', got {direction!r}")
-        p = float(f.p_up)
-        if p - p != 0.0:  # inf - inf and NaN - NaN are NaN: not valid JSON
-            raise ValueError(f"p_up must be finite, got {p!r}")
+        direction, p = _checked(f)
         parts.append(
             f'{{"horizon":{int(f.horizon)},"p_up":{_float_repr(p)},"direction":"{direction}",'
             f'"model_version":{int(f.model_version)}}}'
@@ -349,6 +344,17 @@ def encode_prediction(
         f'"features_ready":{"true" if features_ready else "false"},'
         f'"forecasts":[{",".join(parts)}]}}'
     ).encode()
+
+
+def _checked(f: ForecastLike) -> tuple[str, float]:
+    """(direction, p_up) of a forecast a prediction may carry; ValueError for any other."""
+    direction = f.direction
+    if direction != "up" and direction != "down":
+        raise ValueError(f"direction must be 'up' or 'down', got {direction!r}")
+    p = float(f.p_up)
+    if p - p != 0.0:  # inf - inf and NaN - NaN are NaN: not valid JSON
+        raise ValueError(f"p_up must be finite, got {p!r}")
+    return direction, p
 
 
 _escape = encode_basestring  # the C escaper json itself uses when ensure_ascii=False
@@ -394,12 +400,7 @@ def pack_prediction(
         raise ValueError("a prediction needs at least one forecast")
     values: list[Any] = []
     for f in forecasts:
-        direction = f.direction
-        if direction != "up" and direction != "down":
-            raise ValueError(f"direction must be 'up' or 'down', got {direction!r}")
-        p = float(f.p_up)
-        if p - p != 0.0:  # inf - inf and NaN - NaN are NaN: not valid JSON
-            raise ValueError(f"p_up must be finite, got {p!r}")
+        direction, p = _checked(f)
         values += (int(f.horizon), p, direction == "up", int(f.model_version))
     id_bytes = id.encode()
     try:
