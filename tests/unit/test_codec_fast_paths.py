@@ -45,13 +45,17 @@ forecast = st.builds(
 )
 
 
-@given(
+# The arguments of a prediction: every id, symbol, ts and set of forecasts the codec takes.
+prediction_args = given(
     id=st.text(max_size=80),
     symbol=st.text(min_size=1, max_size=64),
     ts=st.integers(0, 253_402_300_799_999),
     forecasts=st.lists(forecast, min_size=1, max_size=8),
     ready=st.booleans(),
 )
+
+
+@prediction_args
 def test_encode_prediction_equals_the_generic_encoder(
     id: str, symbol: str, ts: int, forecasts: list[Forecast], ready: bool
 ) -> None:
@@ -162,13 +166,7 @@ def test_loads_fast_path_agrees_with_json_loads(
     assert loads_outcome(_loads, value) == loads_outcome(json.loads, value)
 
 
-@given(
-    id=st.text(max_size=80),
-    symbol=st.text(min_size=1, max_size=64),
-    ts=st.integers(0, 253_402_300_799_999),
-    forecasts=st.lists(forecast, min_size=1, max_size=8),
-    ready=st.booleans(),
-)
+@prediction_args
 def test_a_packed_prediction_is_written_as_encode_prediction_writes_it(
     id: str, symbol: str, ts: int, forecasts: list[Forecast], ready: bool
 ) -> None:
