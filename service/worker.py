@@ -42,6 +42,7 @@ from service.gauges import Gauges
 from service.ownership import Ownership, Partition, Status
 from service.protocols import Clock, Consumer, Publisher, StateStore
 from service.scoring import RollingScores
+from service.tick_metrics import TickMetrics
 from service.unreadable import UnreadableBatches
 
 if TYPE_CHECKING:
@@ -143,18 +144,13 @@ class Worker:
         self._lock = threading.RLock()
         self._last_record_at = clock.monotonic()
         self._iteration_at = clock.monotonic()  # when the loop last completed a step
-        self._processed = metrics.ticks.labels(outcome="processed")
         self._invalid = metrics.ticks.labels(outcome="invalid")
         self._late = metrics.ticks.labels(outcome="late")
-        # Counts of the batch being processed, added to the counters once per batch: a
-        # prometheus_client counter takes a lock on every inc().
-        self._n_processed = self._n_steps = self._n_refused = 0
+        self.tick_metrics = TickMetrics(metrics, clock, self.rolling)
         self._unshipped = 0  # predictions queued for the publisher, not handed over yet
         # Read on every record (_process):
         self._max_bytes = settings.max_message_bytes
         self._predictions_topic = settings.predictions_topic
-        self._step_seconds = metrics.step_seconds
-        self._event_lag = metrics.event_lag_seconds
 
     # ------------------------------------------------------------------ probes
     @property
@@ -228,7 +224,7 @@ class Worker:
                 for tp, records in batch.items():
                     self._process_records(tp, records, polled_at)
             finally:
-                self._count_batch()
+                self.tick_metrics.flush()
                 self._ship(polled_at)
             self.ownership.checkpoint_due()
             self._update_gauges()
@@ -364,19 +360,7 @@ class Worker:
         self._unshipped += 1
         if self._unshipped >= SHIP_EVERY_TICKS:
             self._ship(polled_at)
-        self._n_processed += 1
-        if result.steps:
-            self._n_steps += result.steps
-            for seconds in result.step_seconds:
-                self._step_seconds.observe(seconds)
-        if result.refused:
-            self._n_refused += result.refused
-        self._event_lag.observe(max(0.0, self.clock.time() - ts_ms / 1000.0))
-        rolling = self.rolling
-        for score in result.scores:
-            rolling[score.horizon].add(score)
-            if score.alarm:  # rare: a drift alarm of this symbol's horizon
-                self.metrics.drift_alarms.labels(horizon=str(score.horizon)).inc()
+        self.tick_metrics.add(result, ts_ms)
 
     def _new_learner(self, part: Partition, record: Any, symbol: str) -> OnlineLearner | None:
         """A fresh learner for a symbol seen for the first time, unless at max_symbols."""
@@ -389,17 +373,6 @@ class Worker:
             return None
         learner = part.learners[symbol] = OnlineLearner(symbol, self.config)
         return learner
-
-    def _count_batch(self) -> None:
-        """Add the batch's counts to the counters (predictions: one per processed tick)."""
-        if self._n_processed:
-            self._processed.inc(self._n_processed)
-            self.metrics.predictions.inc(self._n_processed)
-        if self._n_steps:
-            self.metrics.learn_steps.inc(self._n_steps)
-        if self._n_refused:
-            self.metrics.refused_updates.inc(self._n_refused)
-        self._n_processed = self._n_steps = self._n_refused = 0
 
     # ------------------------------------------------------------------ publishing
     def _send_failed(self, part: Partition, exc: KafkaError) -> None:
