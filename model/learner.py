@@ -368,7 +368,7 @@ class Horizon:
         else:
             self.downs += 1
         self.base = base = (self.ups + 1.0) / (self.ups + self.downs + 2.0)  # base_rate()
-        self.base_logit = math.log(base / (1.0 - base))  # _logit(base), inlined
+        self.base_logit = _logit(base)
         if sign > 0:
             if label:
                 self.up_ups += 1
@@ -399,13 +399,7 @@ class Horizon:
         self.loss_net[slot] += loss
         self.loss_base[slot] += loss_base
         self.scored += 1
-        # mixture_weight(slot), inlined: this runs for every score of every horizon
-        d = self.loss_net[slot] - self.loss_base[slot] + self.log_prior
-        if d > 0:
-            e = math.exp(-d) if d < 700 else 0.0
-            self.w_net[slot] = e / (1.0 + e)
-        else:
-            self.w_net[slot] = 1.0 / (1.0 + math.exp(d if d > -700 else -700))
+        self.w_net[slot] = self.mixture_weight(slot)
         p_raw = self.pending_raw[slot]
         if (p_raw >= 0.5) != (self.pending_rule[slot] >= 0.5):  # the network called against
             right = 1.0 if (p_raw >= 0.5) == (label == 1) else -1.0

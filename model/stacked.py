@@ -46,14 +46,10 @@ def _sigmoid(z: float) -> float:
 
 
 def _sigmoids(z: list[float], offsets: Sequence[float] | None) -> list[float]:
-    """`_sigmoid` of each z[k] (+ offsets[k]), inlined: it runs K times on every tick."""
-    exp, out = math.exp, []
-    for k, v in enumerate(z):
-        if offsets is not None:
-            v += offsets[k]
-        e = exp(-abs(v))
-        out.append(1.0 / (1.0 + e) if v >= 0 else e / (1.0 + e))
-    return out
+    """`_sigmoid` of each z[k] (+ offsets[k], when given)."""
+    if offsets is None:
+        return [_sigmoid(v) for v in z]
+    return [_sigmoid(v + o) for v, o in zip(z, offsets, strict=True)]
 
 
 def _n_params(sizes: list[int]) -> int:
