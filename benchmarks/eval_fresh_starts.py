@@ -79,7 +79,7 @@ def run(series: Series, config: LearnerConfig, early: int) -> dict[int, tuple[Ta
             if first.n < early:
                 first.add(s.label, s.p_net, s.p_raw, s.p_base, s.persist)
                 hz = learner.horizons[learner.config.horizons.index(s.horizon)]
-                first.w_net += hz.w_net
+                first.w_net += hz.w_net[(learner.ticks - 1) % hz.h]  # its slot's weight
     return tallies
 
 
