@@ -56,6 +56,11 @@ import numpy as np
 from model.activations import Array
 
 CLIP = 4.0
+# The cells of the gate's counting rule (model.learner.Horizon): the last move's sign times
+# how long the current level has held, run / (1 + mean run), cut at these bounds, with
+# run = 0 (a fresh move) a bucket of its own: 2 signs x 5 buckets.
+RUN_BOUNDS = (0.5, 1.0, 2.0)
+N_CELLS = 2 * (len(RUN_BOUNDS) + 2)
 MAX_RECENT = 4
 FEATURE_NAMES_TAIL = (
     "sign",
@@ -174,6 +179,21 @@ class TickFeatures:
         self.run = 0
         self.last_sign = sign
         self.last_price = price
+
+    def cell(self) -> int:
+        """The counting rule's cell of the current state: 2 · bucket + (1 after an up move),
+        the bucket 0 for a fresh move (run = 0), then 1 + the number of RUN_BOUNDS that
+        run / (1 + mean run) reaches; −1 before the first move. On daily closes (every
+        tick a move) the cell is the last move's sign alone."""
+        s = self.last_sign
+        if s == 0.0:
+            return -1
+        run = self.run
+        bucket = 0
+        if run:
+            ratio = run / (1.0 + self.mean_run)
+            bucket = 1 + (ratio >= 0.5) + (ratio >= 1.0) + (ratio >= 2.0)  # RUN_BOUNDS
+        return 2 * bucket + (1 if s > 0 else 0)
 
     def write(self, x: Array) -> None:
         """Fill x[:n_features] with the current features (x may be longer: the learner's

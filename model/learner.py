@@ -45,7 +45,7 @@ import numpy as np
 
 from model.drift import RESPONSES, DriftMonitor
 from model.errors import FormatError
-from model.features import CLIP, TickFeatures, n_features
+from model.features import CLIP, N_CELLS, TickFeatures, n_features
 from model.network import Network
 from model.scorecard import STATE_SIZE as SCORECARD_SIZE
 from model.scorecard import Scorecard
@@ -55,11 +55,15 @@ MODELS = ("ffbpn", "base_rate", "persistence", "reversal")
 PROB_MODELS = ("ffbpn", "base_rate")
 MAX_HORIZONS = 8  # networks per symbol
 MAX_HORIZON = 1000  # ticks ahead; a symbol's state holds one input per tick of the longest
-# The gate of each horizon (docs/horizons.md): the sign rule's p_up after a move of sign s
-# is (ups_s + RULE_PRIOR · base) / (labels_s + RULE_PRIOR), a count shrunk toward the base
-# rate; `Horizon.trust` is an EWMA of weight TRUST_RATE (memory ~3,000 disagreements).
+# The gate of each horizon (docs/horizons.md): the counting rule's p_up in a cell c (the last
+# move's sign s and how long the level has held, `TickFeatures.cell`) is
+# (ups_c + CELL_PRIOR · q_s) / (labels_c + CELL_PRIOR), a count shrunk toward the sign
+# rule's q_s = (ups_s + RULE_PRIOR · base) / (labels_s + RULE_PRIOR), itself shrunk toward
+# the base rate; `Horizon.trust` is an EWMA of weight TRUST_RATE (memory ~3,000
+# disagreements).
 TRUST_RATE = 0.0003
 RULE_PRIOR = 2.0
+CELL_PRIOR = 20.0
 X_MAX = CLIP  # every feature lies within ±CLIP (model.features)
 
 
@@ -82,9 +86,10 @@ class LearnerConfig:
     # Each network's output adds its horizon's base-rate logit (known when it predicts): it
     # learns a correction to the base rate, starting at the base rate, not at 0.5.
     base_rate_offset: bool = True
-    # The network may call against the sign rule (the label frequency after a move of the
-    # last move's sign) only while its past calls against it were right more often than
-    # wrong (`Horizon.trust`); until then, where they disagree, the rule's frequency stands.
+    # The network may call against the counting rule (the label frequency in the cell of
+    # the last move's sign and the level's age) only while its past calls against it were
+    # right more often than wrong (`Horizon.trust`); until then, where they disagree, the
+    # rule's frequency stands.
     rule_gate: bool = True
     fading_factor: float = 0.999  # of the scorecards' faded figures (TICKPROP_FADING_FACTOR)
     drift_response: str = "none"  # on a drift alarm: none, reset, boost (TICKPROP_DRIFT_RESPONSE)
@@ -254,8 +259,10 @@ class Horizon:
     FLOATS or RINGS. The scorecard and the drift monitor follow as their own vectors.
     """
 
-    # ups, downs: every label; up_ups ... down_downs: by the sign of the last move before it
-    COUNTERS = ("ups", "downs", "scored", "up_ups", "up_downs", "down_ups", "down_downs")
+    # ups, downs: every label
+    COUNTERS = ("ups", "downs", "scored")
+    # ups, downs of the labels per cell of the counting rule (`TickFeatures.cell`)
+    CELL_COUNTERS = ("cell_ups", "cell_downs")
     FLOATS = ("trust",)
     RINGS = (
         "pending_p",
@@ -275,11 +282,12 @@ class Horizon:
         "w_net",
         "base_logit",
         "log_prior",
-        "rule_up",
-        "rule_down",
+        "sign_ups",
+        "sign_labels",
         "card",
         "drift",
         *COUNTERS,
+        *CELL_COUNTERS,
         *FLOATS,
     )
 
@@ -296,7 +304,7 @@ class Horizon:
         self.pending_net = [0.0] * h  # the gated network's p_up (== base rate when not ready)
         self.pending_base = [0.0] * h  # the base rate's p_up
         self.pending_raw = [0.0] * h  # the network's own p_up, before the gate
-        self.pending_rule = [0.0] * h  # the sign rule's p_up
+        self.pending_rule = [0.0] * h  # the counting rule's p_up
         # The mixture of slot r weighs the predictions of the ticks n with n % h == r: each
         # learns its loss just before it predicts again (docs/horizons.md). Summed log loss
         # of the gated network's scored predictions, and of the base rate's, per slot:
@@ -304,40 +312,43 @@ class Horizon:
         self.loss_base = [0.0] * h
         self.ups = 0  # labels seen (all, ready or not), for the base rate
         self.downs = 0
-        self.up_ups = 0  # ... of them, labels whose prediction followed an up move
-        self.up_downs = 0
-        self.down_ups = 0  # ... and a down move
-        self.down_downs = 0
+        self.cell_ups = [0] * N_CELLS  # ... of them, the labels predicted in each cell
+        self.cell_downs = [0] * N_CELLS
         self.scored = 0
         # EWMA of +1 (the network was right) / -1 (wrong) over the scored predictions where
-        # its call and the sign rule's differed: the gate is open while it is > 0.
+        # its call and the counting rule's differed: the gate is open while it is > 0.
         self.trust = 0.0
         # Derived from the state above, kept because every tick reads them:
         self.log_prior = math.log(h)  # the base rate's prior log-odds against the network
         self.base = 0.5  # base_rate()
         self.w_net = [self.mixture_weight(0)] * h  # the network's weight, per slot
         self.base_logit = 0.0  # ln(base / (1 − base))
-        self.rule_up = 0.5  # the sign rule's p_up after an up move: rule_rate(1.0)
-        self.rule_down = 0.5  # ... after a down move: rule_rate(-1.0)
+        self.sign_ups = [0, 0]  # Σ cell_ups over the cells after a down (0) / up (1) move
+        self.sign_labels = [0, 0]  # ... and Σ of their labels
 
     def base_rate(self) -> float:
         """p_up of the base-rate baseline: (ups + 1) / (labels + 2)."""
         return (self.ups + 1.0) / (self.ups + self.downs + 2.0)
 
-    def rule_rate(self, sign: float) -> float:
-        """p_up of the sign rule after a move of `sign`: (ups + 2·base) / (labels + 2) over
-        the labels whose prediction followed a move of that sign (a counting model: on
-        ticks it learns the bid-ask bounce from its first labels)."""
-        prior = RULE_PRIOR * self.base
-        if sign > 0:
-            return (self.up_ups + prior) / (self.up_ups + self.up_downs + RULE_PRIOR)
-        return (self.down_ups + prior) / (self.down_ups + self.down_downs + RULE_PRIOR)
+    def rule_rate(self, cell: int) -> float:
+        """p_up of the counting rule in `cell` (`TickFeatures.cell`; −1: none, the base
+        rate): (ups + 20·q) / (labels + 20) over the labels whose prediction was made in
+        that cell, q the sign rule's (ups + 2·base) / (labels + 2) over the labels after a
+        move of the cell's sign. On ticks it learns the bid-ask bounce from its first
+        labels, and then how far it holds as a level ages; on daily closes (one cell per
+        sign) it is the sign rule."""
+        if cell < 0:
+            return self.base
+        up = cell & 1  # the sign rule's counts: the cells of the same sign, summed
+        q_sign = (self.sign_ups[up] + RULE_PRIOR * self.base) / (self.sign_labels[up] + RULE_PRIOR)
+        ups = self.cell_ups[cell]
+        return (ups + CELL_PRIOR * q_sign) / (ups + self.cell_downs[cell] + CELL_PRIOR)
 
-    def gated(self, p_raw: float, up: bool) -> tuple[float, float]:
-        """(the gated network's p_up, the sign rule's) for a network p_up `p_raw` after an
-        up (`up`) or down move: the network's, unless it calls against the rule while the
+    def gated(self, p_raw: float, cell: int) -> tuple[float, float]:
+        """(the gated network's p_up, the counting rule's) for a network p_up `p_raw`
+        predicted in `cell`: the network's, unless it calls against the rule while the
         gate is shut (trust <= 0); then the rule's."""
-        q = self.rule_up if up else self.rule_down
+        q = self.rule_rate(cell)
         if self.trust <= 0.0 and (p_raw >= 0.5) != (q >= 0.5):
             return q, q
         return p_raw, q
@@ -360,29 +371,22 @@ class Horizon:
             return e / (1.0 + e)
         return 1.0 / (1.0 + math.exp(d if d > -700 else -700))
 
-    def count(self, label: int, sign: float) -> None:
+    def count(self, label: int, cell: int) -> None:
         """A label resolved (ready or not): it counts toward the base rate, and toward the
-        sign rule after a move of `sign` (the last move's when it was predicted; 0: none)."""
+        counting rule's `cell` (the one its prediction was made in; −1: none)."""
         if label:
             self.ups += 1
+            if cell >= 0:
+                self.cell_ups[cell] += 1
+                self.sign_ups[cell & 1] += 1
         else:
             self.downs += 1
+            if cell >= 0:
+                self.cell_downs[cell] += 1
+        if cell >= 0:
+            self.sign_labels[cell & 1] += 1
         self.base = base = (self.ups + 1.0) / (self.ups + self.downs + 2.0)  # base_rate()
         self.base_logit = _logit(base)
-        if sign > 0:
-            if label:
-                self.up_ups += 1
-            else:
-                self.up_downs += 1
-        elif sign < 0:
-            if label:
-                self.down_ups += 1
-            else:
-                self.down_downs += 1
-        # rule_rate(±1.0), inlined; both change, as their prior follows the base rate
-        prior = RULE_PRIOR * base
-        self.rule_up = (self.up_ups + prior) / (self.up_ups + self.up_downs + RULE_PRIOR)
-        self.rule_down = (self.down_ups + prior) / (self.down_ups + self.down_downs + RULE_PRIOR)
 
     def resolve(self, slot: int, label: int, persist: int, tick: int) -> Score:
         """Score the prediction in `slot` (made with ready features) against `label`,
@@ -414,7 +418,9 @@ class Horizon:
     # ------------------------------------------------------------------ state
     def state(self) -> tuple[dict[str, int], np.ndarray]:
         """(counters, floats): FLOATS, the RINGS in order, the scorecard, the drift monitor."""
-        counters = {name: getattr(self, name) for name in self.COUNTERS}
+        counters: dict[str, Any] = {name: getattr(self, name) for name in self.COUNTERS}
+        for name in self.CELL_COUNTERS:
+            counters[name] = list(getattr(self, name))
         head = [float(getattr(self, name)) for name in self.FLOATS]
         rings = np.array(head + [v for name in self.RINGS for v in getattr(self, name)])
         return counters, np.concatenate([rings, self.card.state(), self.drift.state()])
@@ -429,9 +435,17 @@ class Horizon:
             v = counters.get(name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"horizon {self.h}: counter {name!r} must be a count, got {v!r}")
+        for name in self.CELL_COUNTERS:
+            v = counters.get(name)
+            if not (
+                isinstance(v, list)
+                and len(v) == N_CELLS
+                and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in v)
+            ):
+                raise ValueError(f"horizon {self.h}: {name!r} must be {N_CELLS} counts, got {v!r}")
         if floats.shape != (self.n_floats(),) or not np.isfinite(floats).all():
             raise ValueError(f"horizon {self.h}: expected {self.n_floats()} finite floats")
-        for name in self.COUNTERS:
+        for name in (*self.COUNTERS, *self.CELL_COUNTERS):
             setattr(self, name, counters[name])
         values = floats.tolist()
         n = len(self.FLOATS)
@@ -449,8 +463,9 @@ class Horizon:
         )
         self.base = self.base_rate()
         self.base_logit = _logit(self.base)
-        self.rule_up = self.rule_rate(1.0)
-        self.rule_down = self.rule_rate(-1.0)
+        ups, downs = self.cell_ups, self.cell_downs
+        self.sign_ups = [sum(ups[0::2]), sum(ups[1::2])]
+        self.sign_labels = [self.sign_ups[s] + sum(downs[s::2]) for s in (0, 1)]
         self.w_net = [self.mixture_weight(slot) for slot in range(h)]
 
 
@@ -481,6 +496,7 @@ class OnlineLearner:
         self.pending_x = self._x1[:, :-1]
         self.pending_price = [0.0] * ring
         self.pending_sign = [0.0] * ring  # sign of the last move: persistence's call
+        self.pending_cell = [-1] * ring  # the counting rule's cell (`TickFeatures.cell`)
         self.pending_ready = [False] * ring
         self.ticks = 0  # ticks accepted
         self.last_ts: int | None = None
@@ -574,7 +590,7 @@ class OnlineLearner:
             else:
                 continue  # inside the dead band: neither scored nor trained on
             sign = self.pending_sign[then]
-            hz.count(label, sign)
+            hz.count(label, self.pending_cell[then])
             base_logits[hz.index] = hz.base_logit
             if not self.pending_ready[then]:
                 continue
@@ -593,6 +609,7 @@ class OnlineLearner:
         if stepping:  # the stored inputs leave the ring before this tick's x may overwrite one
             self._x1.take(self._rows, axis=0, out=self.nets.X, mode="clip")
         ready = features.ready
+        cell = features.cell()
         x = self._x1[slot]
         if ready:
             features.write(x)
@@ -611,7 +628,7 @@ class OnlineLearner:
             self.refused += len(refused)
             steps = len(stepping) - len(refused)
             result = TickResult(
-                self._publish(n, p_nets),
+                self._publish(n, p_nets, cell),
                 tuple(scores),
                 steps,
                 len(refused),
@@ -619,9 +636,10 @@ class OnlineLearner:
             )
         else:
             p_nets = self.nets.predict(x, x_offsets) if ready else None
-            result = TickResult(self._publish(n, p_nets), tuple(scores), 0, 0, ())
+            result = TickResult(self._publish(n, p_nets, cell), tuple(scores), 0, 0, ())
         self.pending_price[slot] = price
         self.pending_sign[slot] = features.last_sign
+        self.pending_cell[slot] = cell
         self.pending_ready[slot] = ready
         return result
 
@@ -638,11 +656,11 @@ class OnlineLearner:
             )
             drift.stepped()
 
-    def _publish(self, n: int, p_nets: list[float] | None) -> Prediction:
-        """Every horizon's published p_up for tick n (the base rate while not ready)."""
+    def _publish(self, n: int, p_nets: list[float] | None, cell: int) -> Prediction:
+        """Every horizon's published p_up for tick n (the base rate while not ready), the
+        counting rule's `cell` that of tick n."""
         steps = self.nets.steps
         forecasts = []
-        up = self.features.last_sign > 0
         gate = self.config.rule_gate
         for hz in self.horizons:
             base = hz.base
@@ -651,8 +669,8 @@ class OnlineLearner:
                 p = p_net = p_raw = rule = base
             else:
                 p_raw = p_nets[hz.index]
-                if gate:  # hz.gated(p_raw, up), inlined
-                    rule = hz.rule_up if up else hz.rule_down
+                if gate:  # hz.gated(p_raw, cell), inlined
+                    rule = hz.rule_rate(cell)
                     shut = hz.trust <= 0.0 and (p_raw >= 0.5) != (rule >= 0.5)
                     p_net = rule if shut else p_raw
                 else:
@@ -696,9 +714,10 @@ class OnlineLearner:
 # payload order, each horizon's counters and float count, and each network blob's
 # length. Floats live only in the arrays (exact).
 MAGIC = b"TPLS"
-VERSION = 6  # 3: one network, pending ring, base rate and mixture per horizon; 4: scorecards,
+VERSION = 7  # 3: one network, pending ring, base rate and mixture per horizon; 4: scorecards,
 # drift; 5: the sign rule's counts, the gate's trust, the raw and rule rings; 6: a mixture
-# per slot of a horizon (its two loss sums are rings)
+# per slot of a horizon (its two loss sums are rings); 7: the counting rule's cells (the sign
+# rule's four counts become two lists of counts per cell, and each pending tick keeps its cell)
 _LEN = struct.Struct("<I")
 _ARRAYS = ("features", "moves", "pending_x", "pending")  # payload order
 
@@ -710,6 +729,7 @@ def _arrays(learner: OnlineLearner) -> dict[str, np.ndarray]:
             learner.pending_price,
             learner.pending_sign,
             [1.0 if ready else 0.0 for ready in learner.pending_ready],
+            learner.pending_cell,
         ]
     )
     return {"features": scalars, "moves": moves, "pending_x": learner.pending_x, "pending": pending}
@@ -815,6 +835,10 @@ def _unpack(blob: bytes, config: LearnerConfig) -> OnlineLearner:
     learner.pending_price = pending[0].tolist()
     learner.pending_sign = pending[1].tolist()
     learner.pending_ready = (pending[2] != 0.0).tolist()
+    cells = pending[3]
+    if not np.all((cells == np.round(cells)) & (cells >= -1) & (cells < N_CELLS)):
+        raise FormatError(f"pending cells must be integers in [-1, {N_CELLS})")
+    learner.pending_cell = [int(c) for c in cells.tolist()]
     counters = header["counters"]
     learner.ticks = counters["ticks"]
     learner.last_ts = counters["last_ts"]

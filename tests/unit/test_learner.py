@@ -402,7 +402,7 @@ def _published_and_base_loss(
         slot = n % h
         if n >= h:  # the prediction of tick n - h resolves with the label of tick n - h
             label = int(labels[n - h])
-            hz.count(label, 0.0)
+            hz.count(label, -1)  # no cell: the base rate only
             s = hz.resolve(slot, label, 0, n)
             published -= math.log(s.p_net if label else 1.0 - s.p_net)
             base -= math.log(s.p_base if label else 1.0 - s.p_base)
