@@ -301,7 +301,7 @@ def encode_tick(tick: Tick) -> bytes:
 
 
 class ForecastLike(Protocol):
-    """One horizon's forecast (`model.learner.Forecast` is one, `PackedForecast` another)."""
+    """One horizon's forecast (`model.learner.Forecast` is one)."""
 
     @property
     def horizon(self) -> int: ...
@@ -325,36 +325,56 @@ def encode_prediction(
     `forecasts` holds every horizon in order; the top-level horizon, p_up, direction
     and model_version repeat the first. Byte for byte what `_dumps` makes of the same
     dict (fixed key order, no spaces, strings escaped by the json module's own C
-    escaper, floats as `repr`, NaN refused), formatted directly: the worker calls this
-    once per tick, and the generic encoder cost ~4x more (tests/unit/test_codec_fast_paths.py
-    checks the two agree).
+    escaper, floats as `repr`, NaN refused), formatted directly by `_prediction_json`
+    (tests/unit/test_codec_fast_paths.py checks the two agree).
     """
+    return _prediction_json(id, symbol, int(ts), _forecast_values(forecasts), features_ready)
+
+
+def _forecast_values(forecasts: Sequence[ForecastLike]) -> list[Any]:
+    """horizon, p_up, up (direction == "up"), model_version of each forecast, in one flat
+    list; ValueError for what a prediction may not carry."""
     if not forecasts:
         raise ValueError("a prediction needs at least one forecast")
+    values: list[Any] = []
+    for f in forecasts:
+        direction = f.direction
+        if direction != "up" and direction != "down":
+            raise ValueError(f"direction must be 'up' or 'down', got {direction!r}")
+        values += (int(f.horizon), _finite(float(f.p_up)), direction == "up", int(f.model_version))
+    return values
+
+
+def _finite(p: float) -> float:
+    """`p`, or ValueError if it is NaN or infinite."""
+    if p - p != 0.0:  # inf - inf and NaN - NaN are NaN: not valid JSON
+        raise ValueError(f"p_up must be finite, got {p!r}")
+    return p
+
+
+def _prediction_json(
+    id: str, symbol: str, ts: int, values: Sequence[Any], features_ready: bool
+) -> bytes:
+    """The prediction JSON of `_forecast_values`' list (or `pack_prediction`'s numbers read
+    back): the publisher process writes one per tick, so the JSON is formatted directly
+    (the generic encoder cost ~4x more), the floats by the `repr` json itself uses."""
+    if not values:
+        raise ValueError("a prediction needs at least one forecast")
     parts = []
-    for f in forecasts:  # _forecast_json inlined: three times per tick by default
-        direction, p = _checked(f)
+    for i in range(0, len(values), 4):
+        h, p, up, v = values[i : i + 4]
+        if p - p != 0.0:  # inf - inf and NaN - NaN are NaN: not valid JSON
+            raise ValueError(f"p_up must be finite, got {p!r}")
         parts.append(
-            f'{{"horizon":{int(f.horizon)},"p_up":{_float_repr(p)},"direction":"{direction}",'
-            f'"model_version":{int(f.model_version)}}}'
+            f'{{"horizon":{h},"p_up":{_float_repr(p)},"direction":"{"up" if up else "down"}",'
+            f'"model_version":{v}}}'
         )
     return (
-        f'{{"id":{_escape(id)},"symbol":{_escape(symbol)},"ts":{int(ts)},'
+        f'{{"id":{_escape(id)},"symbol":{_escape(symbol)},"ts":{ts},'
         f"{parts[0][1:-1]},"
         f'"features_ready":{"true" if features_ready else "false"},'
         f'"forecasts":[{",".join(parts)}]}}'
     ).encode()
-
-
-def _checked(f: ForecastLike) -> tuple[str, float]:
-    """(direction, p_up) of a forecast a prediction may carry; ValueError for any other."""
-    direction = f.direction
-    if direction != "up" and direction != "down":
-        raise ValueError(f"direction must be 'up' or 'down', got {direction!r}")
-    p = float(f.p_up)
-    if p - p != 0.0:  # inf - inf and NaN - NaN are NaN: not valid JSON
-        raise ValueError(f"p_up must be finite, got {p!r}")
-    return direction, p
 
 
 _escape = encode_basestring  # the C escaper json itself uses when ensure_ascii=False
@@ -368,15 +388,6 @@ _float_repr = float.__repr__  # what json uses for a float
 # p_up, up (direction == "up"), model_version; the id's UTF-8, then the symbol's.
 _PACKED_HEAD = struct.Struct("<B?qI")
 _PACKED_FORECASTS: dict[int, struct.Struct] = {}  # forecast count -> its struct
-
-
-class PackedForecast(NamedTuple):
-    """A forecast read back from a packed prediction (a `ForecastLike`)."""
-
-    horizon: int
-    p_up: float
-    direction: str
-    model_version: int
 
 
 def _forecasts_struct(k: int) -> struct.Struct:
@@ -396,12 +407,7 @@ def pack_prediction(
     """`encode_prediction`'s arguments packed, for `encode_packed_prediction` to give the
     same bytes; ValueError for what encode_prediction refuses, and for a horizon or ts
     outside signed 64 bits or a model_version outside unsigned 64 bits."""
-    if not forecasts:
-        raise ValueError("a prediction needs at least one forecast")
-    values: list[Any] = []
-    for f in forecasts:
-        direction, p = _checked(f)
-        values += (int(f.horizon), p, direction == "up", int(f.model_version))
+    values = _forecast_values(forecasts)
     id_bytes = id.encode()
     try:
         head = _PACKED_HEAD.pack(len(forecasts), features_ready, int(ts), len(id_bytes))
@@ -423,13 +429,9 @@ def encode_packed_prediction(packed: bytes) -> bytes:
     start = _PACKED_HEAD.size + body.size
     if start + id_length > len(packed):
         raise ValueError("not a packed prediction: its id runs past the end")
-    forecasts = [
-        PackedForecast(values[i], values[i + 1], "up" if values[i + 2] else "down", values[i + 3])
-        for i in range(0, 4 * k, 4)
-    ]
     id = packed[start : start + id_length].decode()
     symbol = packed[start + id_length :].decode()
-    return encode_prediction(id, symbol, ts, forecasts, ready)
+    return _prediction_json(id, symbol, ts, values, ready)
 
 
 # Fixed key order, no spaces, no NaN (ValueError instead): deterministic and strict JSON.
