@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -53,7 +54,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,7 @@ _LEN = struct.Struct("<I")
 # sent as UTF-8 with "surrogateescape" (a name read from Kafka that is not UTF-8 keeps its
 # bytes), a header value's length is -1 for a null value.
 _REC = struct.Struct("<IBiIiiI")
+_REC_SIZE = _REC.size
 _HEADER_NAME = struct.Struct("<I")
 _HEADER_VALUE = struct.Struct("<i")
 _TIMEOUT = struct.Struct("<d")
@@ -346,6 +348,24 @@ class ProcessPublisher:
             buf += chunk
 
 
+def _read_headers(data: bytes, offset: int, count: int) -> tuple[list[tuple[str, bytes]], int]:
+    """`count` headers of a record in an R frame from `offset` on, and the offset after them."""
+    headers = []
+    for _ in range(count):
+        (name_len,) = _HEADER_NAME.unpack_from(data, offset)
+        offset += _HEADER_NAME.size
+        name = data[offset : offset + name_len].decode("utf-8", "surrogateescape")
+        offset += name_len
+        (header_len,) = _HEADER_VALUE.unpack_from(data, offset)
+        offset += _HEADER_VALUE.size
+        if header_len < 0:  # null: kafka-python's send() takes bytes only
+            headers.append((name, b""))
+            continue
+        headers.append((name, data[offset : offset + header_len]))
+        offset += header_len
+    return headers, offset
+
+
 # ---------------------------------------------------------------------- child side
 class _Child:
     """Runs in the child: reads frames from stdin, drives a KafkaProducer."""
@@ -356,6 +376,8 @@ class _Child:
         self.lock = threading.Lock()
         self.failures: dict[int, str] = {}
         self.offsets: dict[int, int] = {}
+        self.topics: dict[bytes, str] = {}  # a topic's name as sent -> as the producer takes it
+        self.errbacks: dict[int, Callable[[BaseException], None]] = {}  # tag -> failed(tag, ...)
         self.producer: Any = None
         self.parent = os.getppid()
 
@@ -395,31 +417,37 @@ class _Child:
                 self.offsets[tag] = metadata.offset
 
     def send_all(self, data: bytes) -> None:
+        """Hand each record of an R frame's payload to the producer, in order.
+
+        With the producer's own send(), most of the process's CPU per record
+        (benchmarks/prof_publisher.py): topic names and the tags' errbacks are made once
+        and kept, not per record, and headers are read only for records that have some."""
         offset, end, send = 0, len(data), self.producer.send
+        topics, errbacks = self.topics, self.errbacks
         while offset < end:
             tag, flags, partition, topic_len, key_len, value_len, n_headers = _REC.unpack_from(
                 data, offset
             )
-            offset += _REC.size
-            topic = data[offset : offset + topic_len].decode()
-            offset += topic_len
-            key = None if key_len < 0 else data[offset : offset + key_len]
-            offset += max(key_len, 0)
-            value = None if value_len < 0 else data[offset : offset + value_len]
-            offset += max(value_len, 0)
-            headers = []
-            for _ in range(n_headers):
-                (name_len,) = _HEADER_NAME.unpack_from(data, offset)
-                offset += _HEADER_NAME.size
-                name = data[offset : offset + name_len].decode("utf-8", "surrogateescape")
-                offset += name_len
-                (header_len,) = _HEADER_VALUE.unpack_from(data, offset)
-                offset += _HEADER_VALUE.size
-                if header_len < 0:  # null: kafka-python's send() takes bytes only
-                    headers.append((name, b""))
-                    continue
-                headers.append((name, data[offset : offset + header_len]))
-                offset += header_len
+            offset += _REC_SIZE
+            topic_end = offset + topic_len
+            topic_bytes = data[offset:topic_end]
+            topic = topics.get(topic_bytes)
+            if topic is None:
+                topic = topics[topic_bytes] = topic_bytes.decode()
+            offset = topic_end
+            if key_len < 0:
+                key = None
+            else:
+                key = data[offset : offset + key_len]
+                offset += key_len
+            if value_len < 0:
+                value = None
+            else:
+                value = data[offset : offset + value_len]
+                offset += value_len
+            headers = None
+            if n_headers:
+                headers, offset = _read_headers(data, offset, n_headers)
             try:
                 if flags & PACKED_PREDICTION:
                     value = codec.encode_packed_prediction(value or b"")
@@ -427,14 +455,17 @@ class _Child:
                     topic,
                     key=key,
                     value=value,
-                    headers=headers or None,
+                    headers=headers,
                     partition=None if partition < 0 else partition,
                 )
             except (KafkaError, ValueError, TypeError) as exc:  # no metadata in time; refused;
                 # not a packed prediction after all
                 self.failed(tag, exc)
                 continue
-            future.add_errback(self.failed, tag)
+            errback = errbacks.get(tag)
+            if errback is None:
+                errback = errbacks[tag] = functools.partial(self.failed, tag)
+            future.add_errback(errback)
             if flags & WANT_OFFSET:
                 future.add_callback(self.delivered, tag)
 
