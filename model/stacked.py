@@ -81,7 +81,12 @@ class _Pass:
         lead = (k,) if shared else first.shape[:-1]
         self.z = [np.zeros((*lead, n)) for n in sizes[1:]]
         self.a = [first] + [np.ones((*lead, n + 1)) for n in sizes[1:-1]]
-        self.a_body = [a[..., :-1] for a in self.a[1:]]  # where f writes, per hidden layer
+        self.a_body = [a[..., :-1] for a in self.a[1:]]  # the activations, per hidden layer
+        # f writes into z[l] in place, then z[l] is copied into a_body[l]: writing into the
+        # strided a_body directly costs about twice as much (numpy loops over its short
+        # rows). Not when a_body is one row (K = 1 predicting): there f writes it directly.
+        # The learning pass always does, as its backward pass reads z[l] (`learn_h`).
+        self.in_place = not shared or not all(a.flags.c_contiguous for a in self.a_body)
         self.a_row = [a[..., None, :] for a in self.a[1:]]  # (*lead, 1, n + 1) for matmul
         # (n_0 + 1,) @ (K, n_0 + 1, n_1) -> (K, n_1);
         # (R, K, 1, n_0 + 1) @ (K, n_0 + 1, n_1) -> (R, K, 1, n_1)
@@ -91,7 +96,7 @@ class _Pass:
         self.z_out = self.z[-1].reshape(-1)
         if not shared:  # the learning rows: what the backward pass reads
             self.learn_a = [a[0] for a in self.a]  # (K, n_l + 1)
-            self.learn_a_body = [a[0][:, :-1] for a in self.a[1:]]
+            self.learn_h = [z[0] for z in self.z[:-1]]  # (K, n_l): activations, contiguous
             self.learn_a_col = [a[0][:, :, None] for a in self.a]  # (K, n_l + 1, 1), outers
 
 
@@ -165,6 +170,7 @@ class StackedNetworks:
         self.X = self._x2[0]
         self.X_body = self.X[:, :-1]
         self._x2_body = self._x2[1, :, :-1]
+        self._x2_pred = self._x2[1]
         self._predict_pass = _Pass(self._x, sizes, k)
         self._learn_pass = _Pass(self._x2, sizes, k)
         self._g = [np.zeros((k, n)) for n in sizes[1:-1]]  # dL/dz per hidden layer / dL/dz_out
@@ -196,7 +202,12 @@ class StackedNetworks:
         wb, f = self.wb, self._f
         np.matmul(first, wb[0], out=p.z_first)
         for l in range(self._last):
-            f[l](p.z[l], p.a_body[l])
+            if p.in_place:
+                h = p.z[l]
+                f[l](h, h)
+                p.a_body[l][...] = h
+            else:
+                f[l](p.z[l], p.a_body[l])
             np.matmul(p.a_row[l], wb[l + 1], out=p.z_next[l])
         return p.z_out
 
@@ -240,7 +251,8 @@ class StackedNetworks:
         if not stepping:
             return [], (None if x is None else self.predict(x, x_offsets))
         if x is not None:  # broadcast to every network's row
-            np.copyto(self._x2[1] if x.shape[0] == self._x.shape[0] else self._x2_body, x)
+            # (a slice assignment: a third of np.copyto's cost on arrays this small)
+            (self._x2_pred if x.shape[0] == self._x.shape[0] else self._x2_body)[...] = x
         lp, g, last, lrs, k = self._learn_pass, self._g, self._last, self.learning_rates, self.k
         a, c_col = lp.learn_a, self._c_col
         z = self._forward(lp, lp.first).tolist()  # K learning rows, then K prediction rows
@@ -251,11 +263,11 @@ class StackedNetworks:
         self._c[:] = c
         predictions = None if x is None else _sigmoids(z[k:], x_offsets)
         if last:  # hidden deltas over the output's, from the top hidden layer down
-            self._fgrad[last - 1](lp.learn_a_body[last - 1], g[last - 1])
+            self._fgrad[last - 1](lp.learn_h[last - 1], g[last - 1])
             np.multiply(g[last - 1], self._w_out_body, out=g[last - 1])
             for l in range(last - 1, 0, -1):
                 np.matmul(self._w_body[l], self._g_col[l], out=self._g_col[l - 1])
-                fg = self._fgrad[l - 1](lp.learn_a_body[l - 1], self._fg[l - 1])
+                fg = self._fgrad[l - 1](lp.learn_h[l - 1], self._fg[l - 1])
                 np.multiply(g[l - 1], fg, out=g[l - 1])
         step = self._step
         np.multiply(a[last], c_col, out=self._step_out)
