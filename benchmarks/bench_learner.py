@@ -112,7 +112,8 @@ def main() -> None:
     for _ in range(args.repeats):
         for horizons in ((1,), (1, 5, 20)):
             seconds = stacked_per_tick(horizons, n)
-            fast[len(horizons)] = [min(a, b) for a, b in zip(fast[len(horizons)], seconds)]
+            old = fast[len(horizons)]
+            fast[len(horizons)] = [min(a, b) for a, b in zip(old, seconds, strict=True)]
     print(f"stacked networks alone: {n:,} ticks, best of {args.repeats} interleaved rounds")
     for what, i in (("prediction", 0), ("step + prediction, every network", 1)):
         one, three = fast[1][i], fast[3][i]
