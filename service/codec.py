@@ -363,10 +363,9 @@ def _prediction_json(
     parts = []
     for i in range(0, len(values), 4):
         h, p, up, v = values[i : i + 4]
-        if p - p != 0.0:  # inf - inf and NaN - NaN are NaN: not valid JSON
-            raise ValueError(f"p_up must be finite, got {p!r}")
+        p_json = _float_repr(_finite(p))  # a packed prediction's number is checked again
         parts.append(
-            f'{{"horizon":{h},"p_up":{_float_repr(p)},"direction":"{"up" if up else "down"}",'
+            f'{{"horizon":{h},"p_up":{p_json},"direction":"{"up" if up else "down"}",'
             f'"model_version":{v}}}'
         )
     return (
