@@ -31,6 +31,24 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
+class ClosedSocketRead(logging.Filter):
+    """kafka-python 3.0.12's network loop can wake to read a connection that another
+    thread closed meanwhile (its socket is then None) and logs the AttributeError at
+    ERROR: "<KafkaTCPTransport ... (closed)>: Error receiving network data closing socket".
+    Nothing is lost (the connection was closing anyway; seen as the worker stopped), so
+    that one record is logged at WARNING: an ERROR line means something to act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if (
+            record.levelno == logging.ERROR
+            and isinstance(exc, AttributeError)
+            and str(exc).startswith("'NoneType' object has no attribute")
+        ):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def configure(level: str = "INFO") -> None:
     """Send every log line of the process to stderr as JSON."""
     handler = logging.StreamHandler(sys.stderr)
@@ -40,3 +58,6 @@ def configure(level: str = "INFO") -> None:
     root.setLevel(level)
     # kafka-python logs every reconnect at WARNING/ERROR; keep it but one notch quieter.
     logging.getLogger("kafka").setLevel(max(logging.getLevelName(level), logging.WARNING))
+    transport = logging.getLogger("kafka.net.transport")
+    if not any(isinstance(f, ClosedSocketRead) for f in transport.filters):
+        transport.addFilter(ClosedSocketRead())
