@@ -61,6 +61,7 @@ CLIP = 4.0
 # run = 0 (a fresh move) a bucket of its own: 2 signs x 5 buckets.
 RUN_BOUNDS = (0.5, 1.0, 2.0)
 N_CELLS = 2 * (len(RUN_BOUNDS) + 2)
+_RUN_LOW, _RUN_MID, _RUN_HIGH = RUN_BOUNDS  # named for `TickFeatures.cell`'s comparisons
 MAX_RECENT = 4
 FEATURE_NAMES_TAIL = (
     "sign",
@@ -192,7 +193,7 @@ class TickFeatures:
         bucket = 0
         if run:
             ratio = run / (1.0 + self.mean_run)
-            bucket = 1 + (ratio >= 0.5) + (ratio >= 1.0) + (ratio >= 2.0)  # RUN_BOUNDS
+            bucket = 1 + (ratio >= _RUN_LOW) + (ratio >= _RUN_MID) + (ratio >= _RUN_HIGH)
         return 2 * bucket + (1 if s > 0 else 0)
 
     def write(self, x: Array) -> None:
