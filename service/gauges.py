@@ -48,22 +48,40 @@ class Gauges:
         self.session_timeout_seconds = session_timeout_seconds
         self._set_at = -math.inf
         self._answering = True  # as last logged
+        self._joined_at = -math.inf  # when the group last assigned us partitions
+        self._rejoining = False  # between losing our partitions and the next assignment
+
+    def rejoining(self) -> None:
+        """The group took our partitions back: a rebalance has begun."""
+        self._rejoining = True
+
+    def joined(self) -> None:
+        """The group assigned us partitions (possibly none): its coordinator answered."""
+        self._rejoining = False
+        self._joined_at = self.clock.monotonic()
 
     def kafka_answering(self) -> bool:
-        """A group heartbeat went out within the session timeout.
+        """The group coordinator answered within the session timeout: a heartbeat went out,
+        or the group assigned us partitions; while we rejoin, within twice that.
 
         A frozen or cut-off broker makes poll() return nothing instead of failing, so this
         is the sign: kafka-python sends the next heartbeat only once the last one is
-        answered (and none during a rebalance). Before the first heartbeat (start-up,
-        the first assignment) the age is infinite: not a sign of silence. Clients
-        without the metric (fakes) count as answering.
+        answered. It sends none while it rejoins, and a rebalance after a member died
+        (SIGKILL, a lost node) waits up to the session timeout for the coordinator to
+        expire that member; so a rejoin gets twice the session timeout, and the assignment
+        that ends it counts as an answer (else every such rebalance read as silence).
+        Before the first heartbeat (start-up, the first assignment) the age is infinite:
+        not a sign of silence. Clients without the metric (fakes) count as answering.
         """
         try:
             group = self.consumer.metrics()["consumer-coordinator-metrics"]
             age = float(group["last-heartbeat-seconds-ago"])
         except (AttributeError, KeyError, TypeError, ValueError, KafkaError):
             return True
-        return math.isinf(age) or age < self.session_timeout_seconds
+        if math.isinf(age):
+            return True
+        age = min(age, self.clock.monotonic() - self._joined_at)
+        return age < self.session_timeout_seconds * (2 if self._rejoining else 1)
 
     def forget(self, partition: int) -> None:
         """Drop a released partition's own series (none reported yet: nothing to drop)."""

@@ -274,12 +274,14 @@ class Worker:
         """Claim each newly assigned partition (`Ownership.assign`)."""
         with self._lock:
             self._joined = True
+            self.gauges.joined()
             self.ownership.assign(tps)
             self._update_gauges(force=True)
 
     def release(self, tps: Iterable[TopicPartition], commit: bool) -> None:
         """Checkpoint and forget partitions the group took away (`Ownership.release`)."""
         with self._lock:
+            self.gauges.rejoining()
             self.ownership.release(tps, commit, self.gauges.forget)
             self._update_gauges(force=True)
 
