@@ -9,9 +9,11 @@ in a rebalance or not.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
+import pytest
 from fakes import FakeClock, FakeConsumer, FakePublisher
 from kafka import TopicPartition
 from prometheus_client import CollectorRegistry
@@ -100,3 +102,20 @@ def test_the_worker_tells_its_gauges_about_each_rebalance() -> None:
     assert worker.gauges.kafka_answering()
     clock.advance(1.0)
     assert not worker.gauges.kafka_answering()
+
+
+def test_silence_in_a_rejoin_is_a_warning_that_says_so_and_an_error_otherwise(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    g, consumer, clock = gauges()
+    consumer.heartbeat()
+    g.rejoining()
+    clock.advance(2 * SESSION + 0.1)  # rebalances chained by members killed one after another
+    with caplog.at_level(logging.INFO, logger="tickprop.gauges"):
+        g.update(lambda: 0, lambda: g.kafka_answering(), {}, force=True)
+        g.joined()
+        g.update(lambda: 0, lambda: g.kafka_answering(), {}, force=True)
+        clock.advance(SESSION + 0.1)
+        g.update(lambda: 0, lambda: g.kafka_answering(), {}, force=True)
+    logged = [(r.levelname, getattr(r, "rejoining", None)) for r in caplog.records]
+    assert logged == [("WARNING", True), ("INFO", None), ("ERROR", False)]
