@@ -16,6 +16,9 @@ from scipy.special import expit
 
 Array = NDArray[np.float64]
 
+# 1 as a 0-d array: a Python float operand costs a ufunc ~0.2 µs more (its conversion)
+_ONE = np.array(1.0)
+
 
 def sigmoid(z: Array, out: Array) -> Array:
     """1 / (1 + e^-z) elementwise, stable for any |z| (scipy's fused expit: one call)."""
@@ -24,8 +27,8 @@ def sigmoid(z: Array, out: Array) -> Array:
 
 def sigmoid_grad(a: Array, out: Array) -> Array:
     """d sigmoid / dz through its output: a (1 - a)."""
-    np.subtract(1.0, a, out=out)
-    return np.multiply(out, a, out=out)
+    np.subtract(_ONE, a, out)
+    return np.multiply(out, a, out)
 
 
 def tanh(z: Array, out: Array) -> Array:
@@ -35,8 +38,8 @@ def tanh(z: Array, out: Array) -> Array:
 
 def tanh_grad(a: Array, out: Array) -> Array:
     """d tanh / dz through its output: 1 - a²."""
-    np.multiply(a, a, out=out)
-    return np.subtract(1.0, out, out=out)
+    np.multiply(a, a, out)
+    return np.subtract(_ONE, out, out)
 
 
 def relu(z: Array, out: Array) -> Array:

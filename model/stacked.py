@@ -81,6 +81,14 @@ class _Pass:
         lead = (k,) if shared else first.shape[:-1]
         self.z = [np.zeros((*lead, n)) for n in sizes[1:]]
         self.a = [first] + [np.ones((*lead, n + 1)) for n in sizes[1:-1]]
+        if not shared and len(sizes) > 2:
+            # The learning pass's top hidden activations follow n free columns, where the
+            # backward pass puts that layer's deltas: [deltas | activations, 1] of each
+            # network is then one row, scaled by the network's c in one call (`learn`).
+            n = sizes[-2]
+            top = np.ones((*lead, 2 * n + 1))
+            self.a[-1] = top[..., n:]
+            self.top = top[0]  # (K, 2n + 1)
         self.a_body = [a[..., :-1] for a in self.a[1:]]  # the activations, per hidden layer
         # f writes into z[l] in place, then z[l] is copied into a_body[l]: writing into the
         # strided a_body directly costs about twice as much (numpy loops over its short
@@ -97,7 +105,6 @@ class _Pass:
         if not shared:  # the learning rows: what the backward pass reads
             self.learn_a = [a[0] for a in self.a]  # (K, n_l + 1)
             self.learn_h = [z[0] for z in self.z[:-1]]  # (K, n_l): activations, contiguous
-            self.learn_a_col = [a[0][:, :, None] for a in self.a]  # (K, n_l + 1, 1), outers
 
 
 class StackedNetworks:
@@ -173,15 +180,31 @@ class StackedNetworks:
         self._x2_pred = self._x2[1]
         self._predict_pass = _Pass(self._x, sizes, k)
         self._learn_pass = _Pass(self._x2, sizes, k)
+        lp = self._learn_pass
         self._g = [np.zeros((k, n)) for n in sizes[1:-1]]  # dL/dz per hidden layer / dL/dz_out
-        self._g_row = [g[:, None, :] for g in self._g]
+        if last:  # the top hidden layer's: in front of its activations (`_Pass`)
+            self._g[last - 1] = lp.top[:, : sizes[last]]
         self._g_col = [g[:, :, None] for g in self._g]
         self._fg = [np.zeros((k, n)) for n in sizes[1:-1]]  # f'(z) scratch
         self._c = np.zeros(k)
         self._c_col = self._c[:, None]
         self._steps = np.zeros_like(self._params)  # one step of every parameter
-        self._step = _layer_views(self._steps, sizes)
-        self._step_out = self._step[last][:, :, 0]
+        self._step = step = _layer_views(self._steps, sizes)
+        # A step of a layer is the outer product of its input (with the trailing 1) and its
+        # deltas times c: its bias row is the deltas times c. The output layer's step and the
+        # top hidden layer's bias row end each row of _steps, so one multiply by c fills both
+        # (from lp.top: [the top deltas | the top activations, 1]); every other bias row is
+        # the deltas times c, and then each layer's other rows the input times that row.
+        n_top = sizes[last]
+        self._scale_in = lp.top if last else lp.learn_a[0]
+        self._scale_out = self._steps[:, -(2 * n_top + 1) :] if last else step[0][:, :, 0]
+        self._bias_steps = [
+            (g, s[:, -1, :]) for g, s in zip(self._g[: last - 1], step[: last - 1], strict=True)
+        ]
+        self._outers = [
+            (lp.learn_a[l][:, :-1, None], s[:, -1:, :], s[:, :-1, :])
+            for l, s in enumerate(step[:last])
+        ]
         self._trial = np.zeros_like(self._params)
         # Weight views (the weights are always updated in place, so views stay valid).
         self._w_out_body = self.wb[last][:, :-1, 0]  # (K, n_L): output weights, no bias
@@ -254,7 +277,7 @@ class StackedNetworks:
             # (a slice assignment: a third of np.copyto's cost on arrays this small)
             (self._x2_pred if x.shape[0] == self._x.shape[0] else self._x2_body)[...] = x
         lp, g, last, lrs, k = self._learn_pass, self._g, self._last, self.learning_rates, self.k
-        a, c_col = lp.learn_a, self._c_col
+        c_col, multiply = self._c_col, np.multiply
         z = self._forward(lp, lp.first).tolist()  # K learning rows, then K prediction rows
         c = [0.0] * k  # c = -lr·dL/dz_out = lr·(t − y) for log loss on a sigmoid; 0: no step
         for i in stepping:
@@ -263,17 +286,18 @@ class StackedNetworks:
         self._c[:] = c
         predictions = None if x is None else _sigmoids(z[k:], x_offsets)
         if last:  # hidden deltas over the output's, from the top hidden layer down
-            self._fgrad[last - 1](lp.learn_h[last - 1], g[last - 1])
-            np.multiply(g[last - 1], self._w_out_body, out=g[last - 1])
+            # f' into a contiguous scratch: ufuncs writing a strided view cost twice as much
+            fg = self._fgrad[last - 1](lp.learn_h[last - 1], self._fg[last - 1])
+            multiply(fg, self._w_out_body, g[last - 1])
             for l in range(last - 1, 0, -1):
-                np.matmul(self._w_body[l], self._g_col[l], out=self._g_col[l - 1])
+                np.matmul(self._w_body[l], self._g_col[l], self._g_col[l - 1])
                 fg = self._fgrad[l - 1](lp.learn_h[l - 1], self._fg[l - 1])
-                np.multiply(g[l - 1], fg, out=g[l - 1])
-        step = self._step
-        np.multiply(a[last], c_col, out=self._step_out)
-        for l in range(last):
-            np.multiply(g[l], c_col, out=g[l])
-            np.multiply(lp.learn_a_col[l], self._g_row[l], out=step[l])
+                multiply(g[l - 1], fg, g[l - 1])
+        multiply(self._scale_in, c_col, self._scale_out)
+        for delta, bias_step in self._bias_steps:
+            multiply(delta, c_col, bias_step)
+        for inputs, bias_step, body_step in self._outers:
+            multiply(inputs, bias_step, body_step)
         if self._bounded:
             rmax = max(lrs)  # bounds every stepping network's rate
             if self._fast_apply(rmax, x_max):
