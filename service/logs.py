@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Any
 
+from kafka.errors import Cancelled as KafkaCancelled
+
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
@@ -49,6 +51,23 @@ class ClosedSocketRead(logging.Filter):
         return True
 
 
+class CancelledMetadataRefresh(logging.Filter):
+    """kafka-python cancels its requests in flight when a client closes, and logs a
+    metadata refresh cancelled that way at ERROR ("Metadata refresh: failed Cancelled",
+    seen as the worker stopped). Nothing was lost: the client is closing, so that one
+    record is logged at WARNING. A refresh that failed for any other reason stays an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (
+            record.levelno == logging.ERROR
+            and str(record.msg).startswith("Metadata refresh: failed")
+            and isinstance(record.args, tuple)
+            and any(isinstance(arg, KafkaCancelled) for arg in record.args)
+        ):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def configure(level: str = "INFO") -> None:
     """Send every log line of the process to stderr as JSON."""
     handler = logging.StreamHandler(sys.stderr)
@@ -58,6 +77,10 @@ def configure(level: str = "INFO") -> None:
     root.setLevel(level)
     # kafka-python logs every reconnect at WARNING/ERROR; keep it but one notch quieter.
     logging.getLogger("kafka").setLevel(max(logging.getLevelName(level), logging.WARNING))
-    transport = logging.getLogger("kafka.net.transport")
-    if not any(isinstance(f, ClosedSocketRead) for f in transport.filters):
-        transport.addFilter(ClosedSocketRead())
+    for name, noise in (
+        ("kafka.net.transport", ClosedSocketRead),
+        ("kafka.cluster", CancelledMetadataRefresh),
+    ):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, noise) for f in logger.filters):
+            logger.addFilter(noise())

@@ -1,5 +1,6 @@
-"""The JSON logs: kafka-python's read of a connection closed meanwhile is a warning, not an
-error (service.logs.ClosedSocketRead), and every other error stays an error."""
+"""The JSON logs: kafka-python's read of a connection closed meanwhile, and its metadata
+refresh cancelled by a closing client, are warnings, not errors (service.logs), and every
+other error stays an error."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import logging
 import socket
 
 import pytest
+from kafka import errors
+from kafka.cluster import ClusterMetadata
 from kafka.net.transport import KafkaTCPTransport
 
 from service import logs
@@ -40,4 +43,45 @@ def test_a_read_of_a_connection_closed_meanwhile_is_logged_as_a_warning(
         ("kafka.net.transport", "WARNING", True),
         ("kafka.net.transport", "ERROR", False),
         ("tickprop.worker", "ERROR", True),
+    ]
+
+
+class Manager:
+    """What ClusterMetadata sends its metadata request through; this one fails the send."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def least_loaded_node(self) -> int:
+        return 0
+
+    def reset_backoff(self, key: str) -> None:
+        pass
+
+    async def send(self, request: object, node_id: int) -> None:
+        raise self.error
+
+
+def refresh_failing_with(error: Exception) -> None:
+    """Run kafka-python's own metadata refresh until the send fails with `error`."""
+    cluster = ClusterMetadata()
+    cluster._manager = Manager(error)
+    with pytest.raises(type(error)):
+        cluster._do_refresh_metadata(0).send(None)
+
+
+def test_a_metadata_refresh_cancelled_by_a_closing_client_is_logged_as_a_warning(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    logs.configure("INFO")
+    try:
+        refresh_failing_with(errors.Cancelled())  # what close() does to requests in flight
+        refresh_failing_with(errors.KafkaConnectionError("broker gone"))
+    finally:
+        logging.getLogger().handlers.clear()
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    found = [(line["logger"], line["level"], line["msg"]) for line in lines]
+    assert found == [
+        ("kafka.cluster", "WARNING", "Metadata refresh: failed Cancelled"),
+        ("kafka.cluster", "ERROR", "Metadata refresh: failed KafkaConnectionError: broker gone"),
     ]
