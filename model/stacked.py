@@ -26,9 +26,11 @@ any of network k's weights non-finite is refused for network k alone.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import numpy as np
+from scipy.special import expit
 
 from model.activations import Array, get_activation
 from model.errors import FormatError
@@ -37,19 +39,19 @@ from model.serialization import network_bytes, parse_network
 
 # Below this, a bound proves a step cannot overflow (as in model.network).
 _SAFE = 1e150
-
-
-def _sigmoid(z: float) -> float:
-    """1 / (1 + e^-z) in scalar maths, stable for any z (as `Network`'s output unit)."""
-    e = math.exp(-abs(z))  # in (0, 1]: never overflows
-    return 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
+Activate = Callable[[Array, Array], object]  # f(z, out)
+# Activations that are one ufunc, called as f(z, out) like model.activations' functions
+_UFUNCS = {"tanh": np.tanh, "sigmoid": expit}
 
 
 def _sigmoids(z: list[float], offsets: Sequence[float] | None) -> list[float]:
-    """`_sigmoid` of each z[k] (+ offsets[k], when given)."""
-    if offsets is None:
-        return [_sigmoid(v) for v in z]
-    return [_sigmoid(v + o) for v, o in zip(z, offsets, strict=True)]
+    """1 / (1 + e^-v) of each v = z[k] (+ offsets[k], when given), in scalar maths as
+    `Network`'s output unit, stable for any v: e^-|v| (in (0, 1], never overflows) is
+    e^-v for v >= 0, else e^v, and then the sigmoid 1 / (1 + e) or e / (1 + e)."""
+    if offsets is not None:
+        z = [v + o for v, o in zip(z, offsets, strict=True)]
+    exp = math.exp
+    return [1.0 / (1.0 + exp(-v)) if v >= 0 else (e := exp(v)) / (1.0 + e) for v in z]
 
 
 def _n_params(sizes: list[int]) -> int:
@@ -76,7 +78,9 @@ class _Pass:
     (*lead, n_l + 1) with a trailing 1, lead = (K,) or (R, K).
     """
 
-    def __init__(self, first: Array, sizes: list[int], k: int) -> None:
+    def __init__(
+        self, first: Array, sizes: list[int], k: int, wb: list[Array], f: list[Activate]
+    ) -> None:
         shared = first.ndim == 1
         lead = (k,) if shared else first.shape[:-1]
         self.z = [np.zeros((*lead, n)) for n in sizes[1:]]
@@ -102,6 +106,16 @@ class _Pass:
         self.z_first = self.z[0] if shared else self.z[0][..., None, :]
         self.z_next = [z[..., None, :] for z in self.z[1:]]
         self.z_out = self.z[-1].reshape(-1)
+        self.outputs = self.z_out.tolist  # the pass's output pre-activations, as floats
+        # The pass after its first product (`StackedNetworks._forward`), as calls with their
+        # arguments bound: the views' lookups would cost more than some of the calls.
+        self.rest: list[Callable[[], object]] = []
+        for l, (h, a_body) in enumerate(zip(self.z[:-1], self.a_body, strict=True)):
+            if self.in_place:
+                self.rest += [partial(f[l], h, h), partial(a_body.__setitem__, Ellipsis, h)]
+            else:
+                self.rest.append(partial(f[l], h, a_body))
+            self.rest.append(partial(np.matmul, self.a_row[l], wb[l + 1], self.z_next[l]))
         if not shared:  # the learning rows: what the backward pass reads
             self.learn_a = [a[0] for a in self.a]  # (K, n_l + 1)
             self.learn_h = [z[0] for z in self.z[:-1]]  # (K, n_l): activations, contiguous
@@ -166,7 +180,8 @@ class StackedNetworks:
     def _allocate(self) -> None:
         k, sizes = self.k, self.sizes
         acts = [get_activation(n) for n in self.hidden_activations]
-        self._f = [a.f for a in acts]
+        # The ufunc itself where it is one (a Python wrapper's call costs ~0.1 µs a layer)
+        self._f = [_UFUNCS.get(a.name, a.f) for a in acts]
         self._fgrad = [a.grad for a in acts]
         self._last = last = len(sizes) - 2  # index of the output layer
         # a[l] (K, n_l + 1): each network's activations with a trailing 1. Prediction's
@@ -178,8 +193,8 @@ class StackedNetworks:
         self.X_body = self.X[:, :-1]
         self._x2_body = self._x2[1, :, :-1]
         self._x2_pred = self._x2[1]
-        self._predict_pass = _Pass(self._x, sizes, k)
-        self._learn_pass = _Pass(self._x2, sizes, k)
+        self._predict_pass = _Pass(self._x, sizes, k, self.wb, self._f)
+        self._learn_pass = _Pass(self._x2, sizes, k, self.wb, self._f)
         lp = self._learn_pass
         self._g = [np.zeros((k, n)) for n in sizes[1:-1]]  # dL/dz per hidden layer / dL/dz_out
         if last:  # the top hidden layer's: in front of its activations (`_Pass`)
@@ -189,26 +204,13 @@ class StackedNetworks:
         self._c = np.zeros(k)
         self._c_col = self._c[:, None]
         self._steps = np.zeros_like(self._params)  # one step of every parameter
-        self._step = step = _layer_views(self._steps, sizes)
-        # A step of a layer is the outer product of its input (with the trailing 1) and its
-        # deltas times c: its bias row is the deltas times c. The output layer's step and the
-        # top hidden layer's bias row end each row of _steps, so one multiply by c fills both
-        # (from lp.top: [the top deltas | the top activations, 1]); every other bias row is
-        # the deltas times c, and then each layer's other rows the input times that row.
-        n_top = sizes[last]
-        self._scale_in = lp.top if last else lp.learn_a[0]
-        self._scale_out = self._steps[:, -(2 * n_top + 1) :] if last else step[0][:, :, 0]
-        self._bias_steps = [
-            (g, s[:, -1, :]) for g, s in zip(self._g[: last - 1], step[: last - 1], strict=True)
-        ]
-        self._outers = [
-            (lp.learn_a[l][:, :-1, None], s[:, -1:, :], s[:, :-1, :])
-            for l, s in enumerate(step[:last])
-        ]
-        self._trial = np.zeros_like(self._params)
+        self._step = _layer_views(self._steps, sizes)
         # Weight views (the weights are always updated in place, so views stay valid).
         self._w_out_body = self.wb[last][:, :-1, 0]  # (K, n_L): output weights, no bias
         self._w_body = [w[:, :-1, :] for w in self.wb]
+        self._trial = np.zeros_like(self._params)
+        self._apply = partial(np.add, self._params, self._steps, self._params)
+        self._backward = self._backward_calls()
         # One bounded hidden layer and plain SGD: a step's size has a cheap bound (below).
         self._bounded = (
             last == 1
@@ -218,21 +220,47 @@ class StackedNetworks:
         self._fgrad_max = 1.0 if self.hidden_activations[:1] == ["tanh"] else 0.25
         self._bound = [0.0] * len(self.wb)  # max |wb| over the stack, per layer (an upper bound)
 
+    def _backward_calls(self) -> list[Callable[[], object]]:
+        """The backward pass and the steps, from c, as calls with their arguments bound.
+
+        From the top hidden layer down, each layer's deltas g (dL/dz); then the steps. A
+        layer's step is the outer product of its input (with the trailing 1) and its g
+        times c: its bias row is g times c. The output layer's step and the top hidden
+        layer's bias row end each row of _steps, so one multiply by c fills both (from
+        the learning pass's `top`: [top g | top activations, 1]); each other bias row is
+        its g times c, and then each layer's other rows its input times that row.
+        """
+        lp, last, g, fg, step = self._learn_pass, self._last, self._g, self._fg, self._step
+        mul, c_col, calls = np.multiply, self._c_col, []
+        if last:  # f' into a contiguous scratch: a ufunc writing a strided view costs 2x
+            calls += [
+                partial(self._fgrad[last - 1], lp.learn_h[last - 1], fg[last - 1]),
+                partial(mul, fg[last - 1], self._w_out_body, g[last - 1]),
+            ]
+        for l in range(last - 1, 0, -1):
+            calls += [
+                partial(np.matmul, self._w_body[l], self._g_col[l], self._g_col[l - 1]),
+                partial(self._fgrad[l - 1], lp.learn_h[l - 1], fg[l - 1]),
+                partial(mul, g[l - 1], fg[l - 1], g[l - 1]),
+            ]
+        n_top = self.sizes[last]
+        top_out = self._steps[:, -(2 * n_top + 1) :] if last else step[0][:, :, 0]
+        calls.append(partial(mul, lp.top if last else lp.learn_a[0], c_col, top_out))
+        calls += [partial(mul, g[l], c_col, step[l][:, -1, :]) for l in range(last - 1)]
+        calls += [
+            partial(mul, lp.learn_a[l][:, :-1, None], s[:, -1:, :], s[:, :-1, :])
+            for l, s in enumerate(step[:last])
+        ]
+        return calls
+
     # ----------------------------------------------------------------- forward
-    def _forward(self, p: _Pass, first: Array) -> Array:
+    def _forward(self, p: _Pass, first: Array) -> list[float]:
         """Fill p's activations from its inputs `first` (p.first, or one row (n_0 + 1,)
-        for the shared pass); returns the output pre-activations (K·R,)."""
-        wb, f = self.wb, self._f
-        np.matmul(first, wb[0], out=p.z_first)
-        for l in range(self._last):
-            if p.in_place:
-                h = p.z[l]
-                f[l](h, h)
-                p.a_body[l][...] = h
-            else:
-                f[l](p.z[l], p.a_body[l])
-            np.matmul(p.a_row[l], wb[l + 1], out=p.z_next[l])
-        return p.z_out
+        for the shared pass); returns the output pre-activations (K·R)."""
+        np.matmul(first, self.wb[0], p.z_first)
+        for call in p.rest:
+            call()
+        return p.outputs()
 
     def predict(self, x: Array, offsets: Sequence[float] | None = None) -> list[float]:
         """p_up of each of the K networks for one input x: shape (n_0,), or (n_0 + 1,)
@@ -243,7 +271,7 @@ class StackedNetworks:
         else:
             np.copyto(self._x_body, x)
             first = self._x
-        return _sigmoids(self._forward(self._predict_pass, first).tolist(), offsets)
+        return _sigmoids(self._forward(self._predict_pass, first), offsets)
 
     # ------------------------------------------------------------------ learn
     def learn(
@@ -276,55 +304,37 @@ class StackedNetworks:
         if x is not None:  # broadcast to every network's row
             # (a slice assignment: a third of np.copyto's cost on arrays this small)
             (self._x2_pred if x.shape[0] == self._x.shape[0] else self._x2_body)[...] = x
-        lp, g, last, lrs, k = self._learn_pass, self._g, self._last, self.learning_rates, self.k
-        c_col, multiply = self._c_col, np.multiply
-        z = self._forward(lp, lp.first).tolist()  # K learning rows, then K prediction rows
+        lp, lrs, k = self._learn_pass, self.learning_rates, self.k
+        z = self._forward(lp, lp.first)  # K learning rows, then K prediction rows
         c = [0.0] * k  # c = -lr·dL/dz_out = lr·(t − y) for log loss on a sigmoid; 0: no step
+        exp = math.exp
         for i in stepping:
-            y = _sigmoid(z[i] if offsets is None else z[i] + offsets[i])
+            v = z[i] if offsets is None else z[i] + offsets[i]
+            y = 1.0 / (1.0 + exp(-v)) if v >= 0 else (e := exp(v)) / (1.0 + e)  # `_sigmoids`
             c[i] = lrs[i] * (targets[i] - y)
         self._c[:] = c
         predictions = None if x is None else _sigmoids(z[k:], x_offsets)
-        if last:  # hidden deltas over the output's, from the top hidden layer down
-            # f' into a contiguous scratch: ufuncs writing a strided view cost twice as much
-            fg = self._fgrad[last - 1](lp.learn_h[last - 1], self._fg[last - 1])
-            multiply(fg, self._w_out_body, g[last - 1])
-            for l in range(last - 1, 0, -1):
-                np.matmul(self._w_body[l], self._g_col[l], self._g_col[l - 1])
-                fg = self._fgrad[l - 1](lp.learn_h[l - 1], self._fg[l - 1])
-                multiply(g[l - 1], fg, g[l - 1])
-        multiply(self._scale_in, c_col, self._scale_out)
-        for delta, bias_step in self._bias_steps:
-            multiply(delta, c_col, bias_step)
-        for inputs, bias_step, body_step in self._outers:
-            multiply(inputs, bias_step, body_step)
+        for call in self._backward:
+            call()
         if self._bounded:
-            rmax = max(lrs)  # bounds every stepping network's rate
-            if self._fast_apply(rmax, x_max):
+            # wb += step in place when a bound proves every new weight finite: |c_k| <= lr_k
+            # (|t − y| <= 1), hidden activations and the bias are within ±1, so |output
+            # step| <= lr; |hidden step| <= lr·max|x|·max f'·max|w_out|.
+            if x_max is None:
+                x_max = float(np.abs(self.X).max())
+            b_in, b_out = bound = self._bound
+            s_out = max(lrs)  # bounds every stepping network's rate
+            s_in = s_out * max(x_max, 1.0) * self._fgrad_max * b_out
+            if b_in + s_in < _SAFE and b_out + s_out < _SAFE:  # False for NaN too
+                self._apply()
+                bound[0] = b_in + s_in
+                bound[1] = b_out + s_out
                 return self._count(stepping, []), predictions
         rate = np.zeros(k)
         rate[stepping] = [lrs[i] for i in stepping]
         if self.momentum or self.l2:
             self._regularise(rate)
         return self._count(stepping, self._checked_apply(rate)), predictions
-
-    def _fast_apply(self, rmax: float, x_max: float | None) -> bool:
-        """wb += step in place when a bound proves every new weight finite; else False.
-
-        |c_k| <= lr_k (|t − y| <= 1), hidden activations and the bias are within ±1,
-        so |output step| <= lr; |hidden step| <= lr·max|x|·max f'·max|w_out|.
-        """
-        if x_max is None:
-            x_max = float(np.abs(self.X).max())
-        b_in, b_out = self._bound
-        s_out = rmax
-        s_in = rmax * max(x_max, 1.0) * self._fgrad_max * b_out
-        if not (b_in + s_in < _SAFE and b_out + s_out < _SAFE):  # False for NaN too
-            return False
-        np.add(self._params, self._steps, out=self._params)
-        self._bound[0] = b_in + s_in
-        self._bound[1] = b_out + s_out
-        return True
 
     def _count(self, stepping: list[int], refused: list[int]) -> list[int]:
         steps = self.steps
