@@ -231,7 +231,8 @@ class StackedNetworks:
         its g times c, and then each layer's other rows its input times that row.
         """
         lp, last, g, fg, step = self._learn_pass, self._last, self._g, self._fg, self._step
-        mul, c_col, calls = np.multiply, self._c_col, []
+        mul, c_col = np.multiply, self._c_col
+        calls: list[Callable[[], object]] = []
         if last:  # f' into a contiguous scratch: a ufunc writing a strided view costs 2x
             calls += [
                 partial(self._fgrad[last - 1], lp.learn_h[last - 1], fg[last - 1]),
