@@ -83,6 +83,13 @@ def n_features(window: int) -> int:
     return min(MAX_RECENT, window) + len(FEATURE_NAMES_TAIL)
 
 
+# pack_into(x, 0, *features) of each feature count: native float64s into x's bytes (an
+# ndarray is a buffer). Module-level: a TickFeatures holding a Struct would not pickle.
+_PACK_INTO: dict[int, Callable[..., None]] = {
+    n_features(w): struct.Struct(f"{n_features(w)}d").pack_into for w in range(2, MAX_RECENT + 1)
+}
+
+
 def feature_names(window: int) -> list[str]:
     """Names of the inputs, in order (for docs, plots and debugging)."""
     return [f"move_{i + 1}" for i in range(min(MAX_RECENT, window))] + list(FEATURE_NAMES_TAIL)
@@ -117,8 +124,6 @@ class TickFeatures:
         self.window = window
         self.k = min(MAX_RECENT, window)
         self.n_features = n_features(window)
-        # pack_into(x, 0, *features): native float64s into x's bytes (an ndarray is a buffer)
-        self._pack_into: Callable[..., None] = struct.Struct(f"{self.n_features}d").pack_into
         # EWMA weight of volatility and mean run length: a span of 4 windows, so σ
         # follows regime changes but one move never dominates it.
         self.alpha = 2.0 / (4 * window + 1)
@@ -225,10 +230,11 @@ class TickFeatures:
         )
         # Packed straight into x's bytes: a third of the cost of numpy's slice assignment
         # from a tuple (which checks and converts each element).
+        pack_into = _PACK_INTO[self.n_features]
         if self.k == MAX_RECENT:  # the recent moves newest first, written out
-            self._pack_into(x, 0, moves[pos], moves[pos - 1], moves[pos - 2], moves[pos - 3], *tail)
+            pack_into(x, 0, moves[pos], moves[pos - 1], moves[pos - 2], moves[pos - 3], *tail)
         else:  # a negative index wraps the ring
-            self._pack_into(x, 0, *[moves[pos - i] for i in range(self.k)], *tail)
+            pack_into(x, 0, *[moves[pos - i] for i in range(self.k)], *tail)
 
     # --------------------------------------------------------------- state
     def state_arrays(self) -> tuple[Array, Array]:
