@@ -105,6 +105,18 @@ def test_tick_histogram_exposes_what_prometheus_clients_histogram_does():
         TickHistogram("x_seconds", "doc", LATENCY_BUCKETS, ours_registry)
 
 
+def test_tick_histogram_observe_many_counts_like_observe_repeated():
+    one, many = (
+        TickHistogram("x_seconds", "doc", LATENCY_BUCKETS, CollectorRegistry()) for _ in "ab"
+    )
+    for value, count in [(0.003, 7), (LATENCY_BUCKETS[2], 3), (20.0, 1), (0.0, 2)]:
+        many.observe_many(value, count)
+        for _ in range(count):
+            one.observe(value)
+    assert many._counts == one._counts
+    assert many._sum == pytest.approx(one._sum, rel=1e-12)
+
+
 def test_two_instances_do_not_collide():
     Metrics(CollectorRegistry())
     Metrics(CollectorRegistry())  # duplicate names would raise in a shared registry
