@@ -109,6 +109,9 @@ class Recorder:
     def observe(self, value: float) -> None:
         self.values.append(value)
 
+    def observe_many(self, value: float, count: int) -> None:
+        self.values += [value] * count
+
 
 def make_worker(bootstrap: str, redis_url: str, names: Names) -> tuple[Worker, Recorder]:
     """The worker as the tests build it, its process_seconds kept per observation."""
