@@ -607,8 +607,7 @@ class OnlineLearner:
             self._net_x_rows[k][...] = self._x1_rows[then]
             self._targets[k] = float(label)
             if offset:  # the base-rate logit this prediction's network output was added to
-                base = hz.pending_base[own]
-                self._offsets[k] = math.log(base / (1.0 - base))  # _logit(base)
+                self._offsets[k] = _logit(hz.pending_base[own])
         slot = n % ring
         ready = features.ready
         cell = features.cell()

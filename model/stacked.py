@@ -47,14 +47,17 @@ _VECDOT: Callable[..., object] | None = getattr(np, "vecdot", None)
 _UFUNCS = {"tanh": np.tanh, "sigmoid": expit}
 
 
+def _sigmoid(z: float) -> float:
+    """1 / (1 + e^-z) in scalar maths, stable for any z (as `Network`'s output unit)."""
+    e = math.exp(-abs(z))  # in (0, 1]: never overflows
+    return 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
+
+
 def _sigmoids(z: list[float], offsets: Sequence[float] | None) -> list[float]:
-    """1 / (1 + e^-v) of each v = z[k] (+ offsets[k], when given), in scalar maths as
-    `Network`'s output unit, stable for any v: e^-|v| (in (0, 1], never overflows) is
-    e^-v for v >= 0, else e^v, and then the sigmoid 1 / (1 + e) or e / (1 + e)."""
-    if offsets is not None:
-        z = [v + o for v, o in zip(z, offsets, strict=True)]
-    exp = math.exp
-    return [1.0 / (1.0 + exp(-v)) if v >= 0 else (e := exp(v)) / (1.0 + e) for v in z]
+    """`_sigmoid` of each z[k] (+ offsets[k], when given)."""
+    if offsets is None:
+        return [_sigmoid(v) for v in z]
+    return [_sigmoid(v + o) for v, o in zip(z, offsets, strict=True)]
 
 
 def _n_params(sizes: list[int]) -> int:
@@ -315,10 +318,8 @@ class StackedNetworks:
         lp, lrs, k = self._learn_pass, self.learning_rates, self.k
         z = self._forward(lp, lp.first)  # K learning rows, then K prediction rows
         c = [0.0] * k  # c = -lr·dL/dz_out = lr·(t − y) for log loss on a sigmoid; 0: no step
-        exp = math.exp
         for i in stepping:
-            v = z[i] if offsets is None else z[i] + offsets[i]
-            y = 1.0 / (1.0 + exp(-v)) if v >= 0 else (e := exp(v)) / (1.0 + e)  # `_sigmoids`
+            y = _sigmoid(z[i] if offsets is None else z[i] + offsets[i])
             c[i] = lrs[i] * (targets[i] - y)
         self._c[:] = c
         predictions = None if x is None else _sigmoids(z[k:], x_offsets)
