@@ -1,5 +1,6 @@
 """`tickprop dev` starts the servers, prints working settings, and stops them on SIGTERM."""
 
+import contextlib
 import os
 import re
 import signal
@@ -46,6 +47,18 @@ def stop_dev(process: subprocess.Popen[str], pids: list[int]) -> None:
         raise AssertionError(f"server pid {pid} still runs after tickprop dev exited")
 
 
+def cleanup(process: subprocess.Popen[str], pids: list[int]) -> None:
+    """After a failed check: kill `tickprop dev`, then any of its servers it left running
+    (a SIGKILLed parent cannot stop its children)."""
+    if process.poll() is not None:
+        return  # it exited: stop_dev checked that its servers are gone
+    process.kill()
+    process.wait()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_dev_prints_working_settings_and_stops_both_servers_on_sigterm():
     process, exports, pids = start_dev()
     try:
@@ -57,9 +70,7 @@ def test_dev_prints_working_settings_and_stops_both_servers_on_sigterm():
         assert "TICKPROP_REDIS_CLUSTER" not in exports
         stop_dev(process, pids)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        cleanup(process, pids)
 
 
 def test_dev_with_a_redis_cluster_prints_cluster_settings_and_stops_all_seven_servers():
@@ -71,6 +82,4 @@ def test_dev_with_a_redis_cluster_prints_cluster_settings_and_stops_all_seven_se
         client.close()
         stop_dev(process, pids)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        cleanup(process, pids)
