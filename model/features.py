@@ -212,21 +212,17 @@ class TickFeatures:
         s = self.last_sign
         run, mean_run = self.run, self.mean_run
         log_mean = math.log1p(mean_run)
-        # _clip written out (this runs on every tick)
-        stale = math.log1p(run) - log_mean
-        stale = CLIP if stale > CLIP else -CLIP if stale < -CLIP else stale
-        trend = self.trend_sum * self._norm
-        prev = math.log1p(self.prev_run) - log_mean
+        stale = _clip(math.log1p(run) - log_mean)
         tail = (
             s,
             s * self.record,
             s * (self.record_long if run > mean_run else self.record_short),
-            CLIP if trend > CLIP else -CLIP if trend < -CLIP else trend,
+            _clip(self.trend_sum * self._norm),
             s / (1 + run),
             s * math.exp(-run / (1.0 + mean_run)),
             stale,
             s * stale,
-            s * (CLIP if prev > CLIP else -CLIP if prev < -CLIP else prev),
+            s * _clip(math.log1p(self.prev_run) - log_mean),
         )
         # Packed straight into x's bytes: a third of the cost of numpy's slice assignment
         # from a tuple (which checks and converts each element).
