@@ -111,6 +111,24 @@ def test_a_step_that_would_overflow_is_refused_for_that_network_only(act: str) -
         assert np.isfinite(w1).all()
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_one_network_stepping_when_the_bound_fails_leaves_the_others_bit_for_bit() -> None:
+    """A lone stepping network steps through its own row; when the bound cannot prove the step
+    safe, the checked apply adds every row, so the others' rows must not hold an older step."""
+    stacked = StackedNetworks(nets([4, 3, 1], 3))
+    stacked.X_body[:] = np.random.default_rng(3).normal(size=(3, 4))
+    stacked.learn([0, 1, 2], np.array([1.0, 0.0, 1.0]))  # every row of the steps non-zero
+    stacked.learn([2], np.array([0.0, 0.0, 0.0]))  # the fast path, one row
+    stacked.wb[1][0, :, 0] = 1e308  # network 0 at the edge: the bound fails for every step
+    stacked._bound = [float(np.abs(w).max()) for w in stacked.wb]
+    before = [w.copy() for w in stacked.wb]
+    assert stacked.learn([1], np.array([0.0, 1.0, 0.0])) == ([], None)
+    for w0, w1 in zip(before, stacked.wb, strict=True):
+        assert w0[[0, 2]].tobytes() == w1[[0, 2]].tobytes()
+        assert w0[1].tobytes() != w1[1].tobytes()
+    assert stacked.steps == [1, 2, 2]
+
+
 def test_every_layer_is_a_view_of_the_networks_parameter_rows() -> None:
     """One add steps every layer: the layers must be views, never copies."""
     stacked = StackedNetworks(nets([6, 8, 5, 1], 3))
