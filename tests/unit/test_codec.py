@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from model.learner import Forecast
 from service import codec
 from service.codec import (
+    MAX_NESTING,
     REASONS,
     InvalidTick,
     Tick,
@@ -142,6 +143,26 @@ def test_deep_nesting_and_huge_integers_are_invalid_not_crashes():
     assert reason_of(None, deep, max_bytes=len(deep)) == "not_json"
     huge_int = b'{"symbol":"SPX","ts":' + b"1" * 5000 + b',"price":1}'
     assert reason_of(None, huge_int) == "not_json"
+
+
+def test_nesting_past_the_limit_is_not_json_whatever_the_python():
+    """json's own depth limit moves with the Python version (3.11 near 1,000 levels, 3.14
+    past 10,000): the same record must get the same verdict on every worker."""
+
+    def nested(levels):
+        return b"[" * levels + b"]" * levels
+
+    def tick_with(extra):
+        return b'{"symbol":"SPX","ts":1704205800123,"price":1.5,"x":' + extra + b"}"
+
+    assert decode_tick(b"SPX", tick_with(nested(MAX_NESTING - 1))).price == 1.5  # 100 levels
+    assert reason_of(b"SPX", tick_with(nested(MAX_NESTING))) == "not_json"
+    objects = b'{"a":' * MAX_NESTING + b"1" + b"}" * MAX_NESTING
+    assert reason_of(b"SPX", tick_with(objects)) == "not_json"
+    assert reason_of(b"SPX", nested(MAX_NESTING + 1)) == "not_json"  # before "not an object"
+    assert reason_of(b"SPX", tick_with(nested(2000))) == "not_json"  # 3.13 and 3.14 parse it
+    extra = b'{"symbol":"SPX","ts":1704205800123,"price":1.5,"volume":2,"note":"ok"}'
+    assert decode_tick(b"SPX", extra) == Tick("SPX", 1704205800123, 1.5, 2)
 
 
 def test_unicode_symbols_are_valid_and_lone_surrogates_are_not():
