@@ -145,15 +145,15 @@ class Gauges:
         self._answering = answering
         if answering:
             log.info("kafka answering again", extra={"event": "kafka_answering"})
-        elif self._rejoining:  # a join is a long poll: a slow rebalance looks the same
-            self.metrics.dependency_errors.labels(dependency="kafka").inc()
+            return
+        self.metrics.dependency_errors.labels(dependency="kafka").inc()
+        if self._rejoining:  # a join is a long poll: a slow rebalance looks the same
             log.warning(
                 "kafka silent while rejoining the group for twice the session timeout: "
                 "the rebalance waits on other members, or the broker stopped answering",
                 extra={"event": "kafka_silent", "rejoining": True},
             )
         else:
-            self.metrics.dependency_errors.labels(dependency="kafka").inc()
             log.error(
                 "kafka silent: no group heartbeat answered within the session timeout",
                 extra={"event": "kafka_silent", "rejoining": False},
