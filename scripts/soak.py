@@ -16,7 +16,8 @@ Then it checks what the tests check, on the whole run: every symbol's state in R
 equals `tickprop backtest` over the valid records, every valid tick has exactly one
 prediction id (re-sends identical) carrying every horizon, every bad or late record is
 dead-lettered with its reason, and no worker logged an ERROR. Exit 0 only if all hold.
-`--set` passes worker settings (TICKPROP_<NAME>), e.g. `--set horizons=3,1,50,200`.
+`--set` passes worker settings (TICKPROP_<NAME>), e.g. `--set horizons=3,1,50,200`;
+`--redis-cluster` keeps the state in a Redis Cluster (3 masters, 3 replicas) instead.
 A run takes 3 to 5 minutes. The seed (printed) fixes the records, the chunks and the
 intervals between kills; where in the stream each kill lands depends on the machine.
 """
@@ -60,7 +61,11 @@ from worker_kit import (  # noqa: E402
 )
 
 from model.learner import LearnerConfig, check_horizons  # noqa: E402
-from service.tools.embedded import EmbeddedBroker, EmbeddedRedis  # noqa: E402
+from service.tools.embedded import (  # noqa: E402
+    EmbeddedBroker,
+    EmbeddedRedis,
+    EmbeddedRedisCluster,
+)
 
 WORKERS = 3
 SETTINGS = {
@@ -143,8 +148,11 @@ def main() -> int:
         "--es-ticks", type=int, default=16_000, help="E-mini trades (and half as many closes)"
     )
     parser.add_argument("--set", action="append", default=[], help="worker setting name=value")
+    parser.add_argument("--redis-cluster", action="store_true", help="state in a Redis Cluster")
     args = parser.parse_args()
     settings: dict[str, Any] = dict(SETTINGS)
+    if args.redis_cluster:
+        settings["redis_cluster"] = "true"
     settings.update(item.split("=", 1) for item in args.set)
     horizons = list(check_horizons(settings.get("horizons", LearnerConfig().horizons)))
     max_bytes = int(settings["max_message_bytes"])
@@ -153,7 +161,8 @@ def main() -> int:
     kill_rng = random.Random(args.seed + 1)  # the kills (this thread)
     records = stream(rng, args.es_ticks)
 
-    with EmbeddedBroker() as broker, EmbeddedRedis() as redis, TemporaryDirectory() as tmp:
+    redis_server = EmbeddedRedisCluster() if args.redis_cluster else EmbeddedRedis()
+    with EmbeddedBroker() as broker, redis_server as redis, TemporaryDirectory() as tmp:
         names = Names.fresh()
         logs: list[Path] = []
         env = worker_env(broker.bootstrap, redis.url, names, **settings)
@@ -175,7 +184,9 @@ def main() -> int:
         held = on_broker(broker.bootstrap, names.ticks)
         print(f"{len(held.records):,} records produced, {kills} workers killed", flush=True)
         wait_until(
-            lambda: stored_offsets(redis.url, names.group) == held.end_offsets(),
+            lambda: (
+                stored_offsets(redis.url, names.group, args.redis_cluster) == held.end_offsets()
+            ),
             timeout=600,
             what="the workers checkpointing the whole stream",
             step=1.0,
