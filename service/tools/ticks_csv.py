@@ -5,6 +5,12 @@ Every data row is validated by the same rules as a Kafka tick
 and the worker agree on which rows are valid ticks. `read_ticks` yields every
 row in file order, valid or not; `valid_ticks` yields only the valid ones and
 tallies the rest in a `BadRows` report.
+
+Price files exported by other tools are read as they come: a UTF-8 byte-order mark
+is skipped; `;`, tab or `|` separate the fields when the first line has more of them
+than commas (with `;`, a decimal comma in a price or volume reads as a point); and a
+file with no symbol column (one series, as a daily-bars export) is the symbol named
+by its file name.
 """
 
 from __future__ import annotations
@@ -12,13 +18,21 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import itertools
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from service.codec import MISSING_FIELD, TOO_LARGE, InvalidTick, Tick, tick_from_text
+from service.codec import (
+    MAX_SYMBOL_CHARS,
+    MISSING_FIELD,
+    TOO_LARGE,
+    InvalidTick,
+    Tick,
+    tick_from_text,
+)
 
 REQUIRED_COLUMNS = ("ts", "symbol", "price")
 MAX_EXAMPLES = 10
@@ -69,25 +83,32 @@ def open_text(path: str | Path) -> IO[str]:
     so such a row is reported as invalid instead of aborting the whole file.
     """
     raw = open(path, "rb")  # noqa: SIM115 (handed to the caller inside the wrapper)
+    # utf-8-sig: UTF-8 that skips a leading byte-order mark (spreadsheet exports write one)
     if raw.peek(2)[:2] == b"\x1f\x8b":
-        return io.TextIOWrapper(gzip.GzipFile(fileobj=raw), "utf-8", "surrogateescape", "")
-    return io.TextIOWrapper(raw, "utf-8", "surrogateescape", "")
+        return io.TextIOWrapper(gzip.GzipFile(fileobj=raw), "utf-8-sig", "surrogateescape", "")
+    return io.TextIOWrapper(raw, "utf-8-sig", "surrogateescape", "")
 
 
 def read_ticks(path: str | Path) -> Iterator[CsvRow]:
     """Every data row of `path`, in file order, as a CsvRow (valid or not).
 
     The header names the columns (any order, any case; `timestamp`/`time`/`date` are
-    read as `ts`, `close`/`last` as `price`, `ticker` as `symbol`). A file without a
-    header is read as `ts,symbol,price[,volume]` when its first row looks like data.
+    read as `ts`, an adjusted close, else `close`/`last`, as `price`, `ticker` as
+    `symbol`; without a symbol column every row is `file_symbol(path)`). A file without
+    a header is read as `ts,symbol,price[,volume]` when its first row looks like data.
     """
     with open_text(path) as text:
-        reader = csv.reader(text)
-        header = next(reader, None)
+        first_line = text.readline()
+        delimiter = _delimiter(first_line)
+        reader = csv.reader(itertools.chain([first_line], text), delimiter=delimiter)
+        header = next(reader, None) if first_line else None
         columns, first = _columns(header, path)
-        i_ts, i_symbol, i_price = (columns[name] for name in REQUIRED_COLUMNS)
+        i_ts, i_price = columns["ts"], columns["price"]
+        i_symbol = columns.get("symbol")
+        symbol = file_symbol(path) if i_symbol is None else ""
         i_volume = columns.get("volume")
-        need = max(i_ts, i_symbol, i_price) + 1
+        need = max(i_ts, i_price, -1 if i_symbol is None else i_symbol) + 1
+        decimal_comma = delimiter == ";"
         while True:
             try:
                 record = first if first is not None else next(reader)
@@ -104,9 +125,15 @@ def read_ticks(path: str | Path) -> Iterator[CsvRow]:
                     reader.line_num, None, MISSING_FIELD, f"{len(record)} fields, need {need}"
                 )
                 continue
+            price = record[i_price]
             volume = record[i_volume] if i_volume is not None and i_volume < len(record) else None
+            if decimal_comma:
+                price = _point(price)
+                volume = None if volume is None else _point(volume)
+            if i_symbol is not None:
+                symbol = record[i_symbol]
             try:
-                tick = tick_from_text(record[i_symbol], record[i_ts], record[i_price], volume)
+                tick = tick_from_text(symbol, record[i_ts], price, volume)
             except InvalidTick as exc:
                 yield CsvRow(reader.line_num, None, exc.reason, exc.detail)
             else:
@@ -122,29 +149,58 @@ def valid_ticks(path: str | Path, bad: BadRows | None = None) -> Iterator[Tick]:
             bad.add(row)
 
 
-# Other names seen for the three required columns in exported price files.
-ALIASES = {
-    "timestamp": "ts",
-    "time": "ts",
-    "date": "ts",
-    "datetime": "ts",
-    "ticker": "symbol",
-    "close": "price",
-    "last": "price",
-}
+# The header names read as each column, in order of preference: an adjusted close before
+# the close, as splits and dividends would otherwise look like moves.
+NAMES = {
+    "ts": ("ts", "timestamp", "datetime", "date", "time"),
+    "symbol": ("symbol", "ticker"),
+    "price": (
+        "price", "adj close", "adj_close", "adjclose", "adjusted close", "adjusted_close",
+        "close", "last",
+    ),
+    "volume": ("volume",),
+}  # fmt: skip
+DELIMITERS = (",", ";", "\t", "|")
+COMPRESSED = (".gz", ".gzip")
+TABULAR = (".csv", ".tsv", ".txt")
+
+
+def file_symbol(path: str | Path) -> str:
+    """The symbol of a file without a symbol column: its name without the extensions
+    (`AAPL.csv.gz` is AAPL), cut to the longest symbol a tick may have."""
+    name = Path(path).name
+    for suffixes in (COMPRESSED, TABULAR):
+        stem, dot, suffix = name.rpartition(".")
+        if dot and f".{suffix.lower()}" in suffixes:
+            name = stem
+    return name.strip()[:MAX_SYMBOL_CHARS].strip()
+
+
+def _delimiter(line: str) -> str:
+    """The field separator of a file, from its first line: the most frequent of
+    DELIMITERS there, commas on a tie."""
+    return max(DELIMITERS, key=line.count)
+
+
+def _point(number: str) -> str:
+    """A number written with a decimal comma ("73,66") in the usual notation."""
+    return number.replace(",", ".") if "," in number and "." not in number else number
 
 
 def _columns(header: list[str] | None, path: str | Path) -> tuple[dict[str, int], list[str] | None]:
     """Column positions, and the first row when it was data rather than a header."""
     if header is None:
         raise CsvFormatError(f"{path}: empty file, expected a header row ts,symbol,price[,volume]")
-    columns: dict[str, int] = {}
+    found: dict[str, int] = {}
     for i, name in enumerate(header):
-        key = name.strip().lower()
-        columns.setdefault(ALIASES.get(key, key), i)
-    if all(name in columns for name in REQUIRED_COLUMNS):
-        wanted = (*REQUIRED_COLUMNS, "volume")
-        return {name: columns[name] for name in wanted if name in columns}, None
+        found.setdefault(name.strip().lower(), i)
+    columns = {
+        column: next(found[n] for n in names if n in found)
+        for column, names in NAMES.items()
+        if any(n in found for n in names)
+    }
+    if "ts" in columns and "price" in columns and ("symbol" in columns or file_symbol(path)):
+        return columns, None
     if _looks_like_data(header):
         positions = {"ts": 0, "symbol": 1, "price": 2}
         if len(header) > 3:

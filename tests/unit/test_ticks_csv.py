@@ -102,3 +102,41 @@ def test_synthetic_series_is_deterministic_and_valid():
     assert {t.symbol for t in a} == {"SYN0", "SYN1", "SYN2"}
     assert all(t.price > 0 for t in a)
     assert [t.ts_ms for t in a] == sorted(t.ts_ms for t in a)
+
+
+# Price files as other tools export them (tickprop backtest is run on files we never saw).
+def test_a_byte_order_mark_and_crlf_lines_are_read_as_plain_csv(tmp_path):
+    text = f"ts,symbol,price\r\n{T},ES,1640.25\r\n{T + 1},ES,1640.5\r\n"
+    path = write(tmp_path, "\ufeff" + text, "bom.csv.gz", compress=True)
+    assert [(t.symbol, t.price) for t in valid_ticks(path)] == [("ES", 1640.25), ("ES", 1640.5)]
+
+
+def test_semicolons_tabs_and_bars_separate_fields_and_semicolon_files_take_decimal_commas(
+    tmp_path,
+):
+    semicolons = f"ts;symbol;price;volume\n{T};DAX;15234,5;3\n{T + 1};DAX;15235.25;1,5\n"
+    rows = list(valid_ticks(write(tmp_path, semicolons)))
+    assert [(t.price, t.volume) for t in rows] == [(15234.5, 3.0), (15235.25, 1.5)]
+    for sep in ("\t", "|"):
+        text = sep.join(["ts", "symbol", "price"]) + "\n" + sep.join([str(T), "ES", "2.5"]) + "\n"
+        assert [t.price for t in valid_ticks(write(tmp_path, text))] == [2.5]
+    # commas stay the separator when the first line has as many of them
+    assert [t.price for t in valid_ticks(write(tmp_path, f"ts,symbol,price\n{T},A;B,2\n"))] == [2]
+
+
+def test_a_daily_bars_export_without_a_symbol_column_is_the_series_its_file_names(tmp_path):
+    text = (
+        "Date,Open,High,Low,Close,Adj Close,Volume\n"
+        "2013-01-02,10,11,9,10.5,5.25,100\n"
+        "2013-01-03,10.5,12,10,11.5,5.75,200\n"
+    )
+    rows = list(valid_ticks(write(tmp_path, text, "AAPL.csv.gz", compress=True)))
+    # the adjusted close, not the close: a split would otherwise look like a crash
+    assert [(t.symbol, t.price, t.volume) for t in rows] == [
+        ("AAPL", 5.25, 100.0),
+        ("AAPL", 5.75, 200.0),
+    ]
+    closes = "Date,Close\n2013-01-02,10.5\n"
+    assert [(t.symbol, t.price) for t in valid_ticks(write(tmp_path, closes, "spx.TXT"))] == [
+        ("spx", 10.5)
+    ]
