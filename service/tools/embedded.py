@@ -468,9 +468,23 @@ class EmbeddedRedisCluster:
         )
 
     def wait_promoted(self, replica: EmbeddedRedis, timeout: float = 30.0) -> None:
-        """Wait until `replica` is a master (after its master died: an automatic failover)."""
+        """Wait until `replica` is a master (after its master died: an automatic failover)
+        and every live node's CLUSTER SLOTS says so. The replica knows first, the others by
+        gossip; a cluster client that refreshes its map from a node that has not heard yet
+        would still send to the dead master."""
         client = self.client(replica)
         self._wait(lambda: client.info("replication")["role"] == "master", "failover", timeout)
+        self._wait(self._slot_owners_alive, "every node seeing the failover", timeout)
+
+    def _slot_owners_alive(self) -> bool:
+        """No live node's CLUSTER SLOTS names a dead node as the master of a slot range."""
+        alive = {node.port for node in self.nodes if node.running()}
+        for node in self.nodes:
+            if node.port in alive:
+                reply = self.client(node).execute_command("CLUSTER SLOTS")  # [lo, hi, master, ..]
+                if any(int(entry[2][1]) not in alive for entry in reply):
+                    return False
+        return True
 
     def running(self) -> bool:
         """Whether any node still runs (a killed master's replica may serve its slots)."""
