@@ -386,11 +386,16 @@ class EmbeddedRedisCluster:
     def _all_in_slots(self) -> bool:
         """Every node's CLUSTER SLOTS names every node (masters and replicas, by port)."""
         ports = {node.port for node in self.nodes}
-        for node in self.nodes:
-            reply = self.client(node).execute_command("CLUSTER SLOTS")  # [lo, hi, *nodes]
-            if {int(n[1]) for entry in reply for n in entry[2:]} != ports:
-                return False
-        return True
+        return all(
+            {port for ranges in self._slot_ports(node) for port in ranges} == ports
+            for node in self.nodes
+        )
+
+    def _slot_ports(self, node: EmbeddedRedis) -> list[list[int]]:
+        """CLUSTER SLOTS as `node` sees it: per slot range, the ports of its master, then
+        of its replicas (the raw reply: [lo, hi, [host, port, id, ...], ...] per range)."""
+        reply = self.client(node).execute_command("CLUSTER SLOTS")
+        return [[int(n[1]) for n in entry[2:]] for entry in reply]
 
     def _known(self, node: EmbeddedRedis) -> int:
         return len(self._nodes_view(node))
@@ -479,12 +484,12 @@ class EmbeddedRedisCluster:
     def _slot_owners_alive(self) -> bool:
         """No live node's CLUSTER SLOTS names a dead node as the master of a slot range."""
         alive = {node.port for node in self.nodes if node.running()}
-        for node in self.nodes:
-            if node.port in alive:
-                reply = self.client(node).execute_command("CLUSTER SLOTS")  # [lo, hi, master, ..]
-                if any(int(entry[2][1]) not in alive for entry in reply):
-                    return False
-        return True
+        return all(
+            ranges[0] in alive
+            for node in self.nodes
+            if node.port in alive
+            for ranges in self._slot_ports(node)
+        )
 
     def running(self) -> bool:
         """Whether any node still runs (a killed master's replica may serve its slots)."""
