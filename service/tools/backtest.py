@@ -351,11 +351,17 @@ def run(args: argparse.Namespace) -> int:
         return 2
     report = bt.report()
     print(summary(report, args.csv))
+    if bt.bad.count:  # as `tickprop produce` does: which rows, and why
+        print(bt.bad.summary(), file=sys.stderr)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)
             f.write("\n")
         print(f"\n  report written to {args.json}")
+    if not bt.ticks:  # a report of nothing is not a result
+        what = f"all {bt.bad.count:,} rows are invalid" if bt.bad.count else "it has no data rows"
+        print(f"tickprop backtest: no valid tick in {args.csv}: {what}", file=sys.stderr)
+        return 1
     if args.plot:
         symbol = args.plot_symbol or _busiest(bt)
         if symbol is None or symbol not in bt.traces:

@@ -207,3 +207,34 @@ def test_console_script_help_and_run_in_a_fresh_process(small_csv: Path, tmp_pat
     assert "ffbpn" in done.stdout and "reversal" in done.stdout
     assert "ticks/s" in done.stderr  # --progress forces the bar on a pipe
     assert json.loads(out.read_text())["ticks"] == 9
+
+
+def test_a_file_without_one_valid_tick_exits_1_and_says_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Epoch seconds where milliseconds belong: every row is invalid. The backtest must not
+    print an empty report and exit 0 as if it had run; it names the reason and fails."""
+    seconds = tmp_path / "seconds.csv"
+    seconds.write_text("ts,symbol,price\n" + "".join(
+        f"{1_580_000_000 + 60 * i},X,{100 + i % 3}\n" for i in range(50)
+    ))  # fmt: skip
+    report = tmp_path / "r.json"
+    assert main(["backtest", "--csv", str(seconds), "--json", str(report), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "no valid tick" in err and "all 50 rows are invalid" in err
+    assert "bad_ts=50" in err and "epoch seconds" in err  # the reason, and an example
+    assert json.loads(report.read_text())["skipped"]["invalid"] == 50
+    (tmp_path / "empty.csv").write_text("ts,symbol,price\n")
+    assert main(["backtest", "--csv", str(tmp_path / "empty.csv"), "--no-progress"]) == 1
+    assert "no data rows" in capsys.readouterr().err
+
+
+def test_invalid_rows_are_listed_on_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = walk_csv(tmp_path / "w.csv")
+    with path.open("a") as f:
+        f.write("1700000000000,W,-5\n")  # a negative price among valid ticks
+    assert main(["backtest", "--csv", str(path), "--window", "2", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "1 bad rows" in err and "bad_price" in err
