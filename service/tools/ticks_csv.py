@@ -10,7 +10,9 @@ Price files exported by other tools are read as they come: a UTF-8 byte-order ma
 is skipped; `;`, tab or `|` separate the fields when the first line has more of them
 than commas (with `;`, a decimal comma in a price or volume reads as a point); and a
 file with no symbol column (one series, as a daily-bars export) is the symbol named
-by its file name.
+by its file name. Header names may be wrapped in angle brackets (`<DATE>`, as MetaTrader
+and Finam export them), and a date and a time of day in two columns (`Date,Time`) make
+one timestamp.
 """
 
 from __future__ import annotations
@@ -92,10 +94,12 @@ def open_text(path: str | Path) -> IO[str]:
 def read_ticks(path: str | Path) -> Iterator[CsvRow]:
     """Every data row of `path`, in file order, as a CsvRow (valid or not).
 
-    The header names the columns (any order, any case; `timestamp`/`time`/`date` are
-    read as `ts`, an adjusted close, else `close`/`last`, as `price`, `ticker` as
-    `symbol`; without a symbol column every row is `file_symbol(path)`). A file without
-    a header is read as `ts,symbol,price[,volume]` when its first row looks like data.
+    The header names the columns (any order, any case, `<NAME>` as NAME;
+    `timestamp`/`datetime`/`date`/`time` are read as `ts`, and a `date` column with a
+    `time` column as one timestamp; an adjusted close, else `close`/`last`, as `price`,
+    `ticker` as `symbol`, `vol` as `volume`; without a symbol column every row is
+    `file_symbol(path)`). A file without a header is read as `ts,symbol,price[,volume]`
+    when its first row looks like data.
     """
     with open_text(path) as text:
         first_line = text.readline()
@@ -104,10 +108,12 @@ def read_ticks(path: str | Path) -> Iterator[CsvRow]:
         header = next(reader, None) if first_line else None
         columns, first = _columns(header, path)
         i_ts, i_price = columns["ts"], columns["price"]
+        i_time = columns.get("time_of_day")  # with a separate date column in i_ts
         i_symbol = columns.get("symbol")
         symbol = file_symbol(path) if i_symbol is None else ""
         i_volume = columns.get("volume")
-        need = max(i_ts, i_price, -1 if i_symbol is None else i_symbol) + 1
+        optional = [i for i in (i_symbol, i_time) if i is not None]
+        need = max(i_ts, i_price, *optional) + 1
         decimal_comma = delimiter == ";"
         while True:
             try:
@@ -133,7 +139,8 @@ def read_ticks(path: str | Path) -> Iterator[CsvRow]:
             if i_symbol is not None:
                 symbol = record[i_symbol]
             try:
-                tick = tick_from_text(symbol, record[i_ts], price, volume)
+                ts = record[i_ts] if i_time is None else _moment(record[i_ts], record[i_time])
+                tick = tick_from_text(symbol, ts, price, volume)
             except InvalidTick as exc:
                 yield CsvRow(reader.line_num, None, exc.reason, exc.detail)
             else:
@@ -158,8 +165,11 @@ NAMES = {
         "price", "adj close", "adj_close", "adjclose", "adjusted close", "adjusted_close",
         "close", "last",
     ),
-    "volume": ("volume",),
+    "volume": ("volume", "vol"),
 }  # fmt: skip
+# Without a ts, timestamp or datetime column, a date column and a time column together
+# are the timestamp (`_moment`).
+SPLIT_TS = ("date", "time")
 DELIMITERS = (",", ";", "\t", "|")
 COMPRESSED = (".gz", ".gzip")
 TABULAR = (".csv", ".tsv", ".txt")
@@ -182,6 +192,17 @@ def _delimiter(line: str) -> str:
     return max(DELIMITERS, key=line.count)
 
 
+def _moment(date: str, time: str) -> str:
+    """One ISO-8601 timestamp from a date and a time of day in two columns, each in the
+    extended (`2024-01-02`, `09:30:00`) or the basic form (`20240102`, `093000`, `0930`)."""
+    date, time = date.strip(), time.strip()
+    if len(date) == 8 and date.isdigit():
+        date = f"{date[:4]}-{date[4:6]}-{date[6:]}"
+    if len(time) in (4, 6) and time.isdigit():
+        time = ":".join(time[i : i + 2] for i in range(0, len(time), 2))
+    return f"{date}T{time}"
+
+
 def _point(number: str) -> str:
     """A number written with a decimal comma ("73,66") in the usual notation."""
     return number.replace(",", ".") if "," in number and "." not in number else number
@@ -193,12 +214,15 @@ def _columns(header: list[str] | None, path: str | Path) -> tuple[dict[str, int]
         raise CsvFormatError(f"{path}: empty file, expected a header row ts,symbol,price[,volume]")
     found: dict[str, int] = {}
     for i, name in enumerate(header):
-        found.setdefault(name.strip().lower(), i)
+        found.setdefault(name.strip().strip("<>").strip().lower(), i)
     columns = {
         column: next(found[n] for n in names if n in found)
         for column, names in NAMES.items()
         if any(n in found for n in names)
     }
+    date, time = SPLIT_TS
+    if date in found and time in found and columns.get("ts") == found[date]:
+        columns["time_of_day"] = found[time]
     if "ts" in columns and "price" in columns and ("symbol" in columns or file_symbol(path)):
         return columns, None
     if _looks_like_data(header):

@@ -140,3 +140,32 @@ def test_a_daily_bars_export_without_a_symbol_column_is_the_series_its_file_name
     assert [(t.symbol, t.price) for t in valid_ticks(write(tmp_path, closes, "spx.TXT"))] == [
         ("spx", 10.5)
     ]
+
+
+def test_a_date_and_a_time_column_make_one_timestamp_in_either_iso_form(tmp_path):
+    """Intraday bars often come as Date,Time; MetaTrader and Finam write <DATE>,<TIME> in
+    the basic form (20240102, 093000) with every header name in angle brackets."""
+    nine_thirty = 1_704_187_800_000  # 2024-01-02T09:30:00Z
+    extended = "Date,Time,Open,Close,Volume\n2024-01-02,09:30:00,1,2.5,7\n2024-01-02,09:31,2,3,1\n"
+    rows = list(valid_ticks(write(tmp_path, extended, "ES.csv")))
+    assert [(t.symbol, t.ts_ms, t.price, t.volume) for t in rows] == [
+        ("ES", nine_thirty, 2.5, 7.0),
+        ("ES", nine_thirty + 60_000, 3.0, 1.0),
+    ]
+    basic = (
+        "<TICKER>,<PER>,<DATE>,<TIME>,<OPEN>,<HIGH>,<LOW>,<CLOSE>,<VOL>\n"
+        "SBER,1,20240102,093000,1,1,1,271.5,10\n"
+        "SBER,1,20240102,0931,1,1,1,271.25,3\n"
+    )
+    rows = list(valid_ticks(write(tmp_path, basic, "export.txt")))
+    assert [(t.symbol, t.ts_ms, t.price, t.volume) for t in rows] == [
+        ("SBER", nine_thirty, 271.5, 10.0),
+        ("SBER", nine_thirty + 60_000, 271.25, 3.0),
+    ]
+    # A time that is no time is that row's bad_ts, not a silently wrong timestamp
+    bad = BadRows()
+    assert list(valid_ticks(write(tmp_path, "Date,Time,Close\n2024-01-02,9h30,1\n"), bad)) == []
+    assert bad.by_reason == {"bad_ts": 1}
+    # A single timestamp column still wins over a date and a time beside it
+    both = f"ts,date,time,symbol,price\n{T},2024-01-02,09:30,ES,1\n"
+    assert [t.ts_ms for t in valid_ticks(write(tmp_path, both))] == [T]
