@@ -194,8 +194,11 @@ def _delimiter(line: str) -> str:
 
 def _moment(date: str, time: str) -> str:
     """One ISO-8601 timestamp from a date and a time of day in two columns, each in the
-    extended (`2024-01-02`, `09:30:00`) or the basic form (`20240102`, `093000`, `0930`)."""
+    extended (`2024-01-02`, `09:30:00`) or the basic form (`20240102`, `093000`, `0930`);
+    the time column alone when it holds the whole timestamp (it contains the date)."""
     date, time = date.strip(), time.strip()
+    if date and date in time:  # a time column that repeats the date is the timestamp
+        return time
     if len(date) == 8 and date.isdigit():
         date = f"{date[:4]}-{date[4:6]}-{date[6:]}"
     if len(time) in (4, 6) and time.isdigit():

@@ -166,6 +166,9 @@ def test_a_date_and_a_time_column_make_one_timestamp_in_either_iso_form(tmp_path
     bad = BadRows()
     assert list(valid_ticks(write(tmp_path, "Date,Time,Close\n2024-01-02,9h30,1\n"), bad)) == []
     assert bad.by_reason == {"bad_ts": 1}
+    # A time column that holds the whole timestamp (it repeats the date) is read alone
+    full = "Date,Time,Close\n2024-01-02,2024-01-02 09:30:00,1\n"
+    assert [t.ts_ms for t in valid_ticks(write(tmp_path, full))] == [nine_thirty]
     # A single timestamp column still wins over a date and a time beside it
     both = f"ts,date,time,symbol,price\n{T},2024-01-02,09:30,ES,1\n"
     assert [t.ts_ms for t in valid_ticks(write(tmp_path, both))] == [T]
