@@ -321,6 +321,7 @@ def summary(report: dict[str, Any], source: str) -> str:
             acc = "-" if m["accuracy"] is None else f"{m['accuracy']:.4f}"
             ll = "-" if m["log_loss"] is None else f"{m['log_loss']:.4f}"
             lines.append(f"  {name:<12} {acc:>9} {ll:>9}")
+        lines += _against_baselines(section)
     if report["symbols"] > 1:
         heads = "".join(f" {'acc h=' + h:>9}" for h in report["horizons"])
         lines += ["", f"  {'symbol':<12} {'ticks':>9}{heads}"]
@@ -331,6 +332,21 @@ def summary(report: dict[str, Any], source: str) -> str:
             )
             lines.append(f"  {sym:<12} {s['ticks']:>9,}{accs}")
     return "\n".join(lines)
+
+
+def _against_baselines(section: dict[str, Any]) -> list[str]:
+    """The two figures a horizon is judged by: the published p_up's accuracy minus the best
+    baseline's (points), and its log loss minus the base rate's (nats per prediction)."""
+    model, baselines = section["model"], section["baselines"]
+    if model["accuracy"] is None:
+        return []
+    best = max(baselines, key=lambda name: baselines[name]["accuracy"])
+    lead = 100 * (model["accuracy"] - baselines[best]["accuracy"])
+    excess = model["log_loss"] - baselines["base_rate"]["log_loss"]
+    return [
+        f"  ffbpn: {lead:+.2f} points of accuracy against the best baseline ({best}), "
+        f"log loss {excess:+.4f} against the base rate's"
+    ]
 
 
 def run(args: argparse.Namespace) -> int:

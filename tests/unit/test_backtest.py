@@ -238,3 +238,22 @@ def test_invalid_rows_are_listed_on_stderr(
     assert main(["backtest", "--csv", str(path), "--window", "2", "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert "1 bad rows" in err and "bad_price" in err
+
+
+def test_each_horizon_states_its_lead_over_the_best_baseline_and_its_log_loss_excess(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The two figures a horizon is judged by, printed from the report's own numbers."""
+    path, out = walk_csv(tmp_path / "w.csv", n=2000), tmp_path / "r.json"
+    argv = ["backtest", "--csv", str(path), "--json", str(out), "--no-progress"]
+    assert main([*argv, "--horizons", "1,5"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "against the best" in ln]
+    report = json.loads(out.read_text())
+    assert len(lines) == 2
+    for line, section in zip(lines, report["horizons"].values(), strict=True):
+        accs = {name: m["accuracy"] for name, m in section["baselines"].items()}
+        best = max(accs, key=lambda name: accs[name])
+        lead = 100 * (section["model"]["accuracy"] - accs[best])
+        excess = section["model"]["log_loss"] - section["baselines"]["base_rate"]["log_loss"]
+        assert f"{lead:+.2f} points" in line and f"({best})" in line
+        assert f"log loss {excess:+.4f}" in line
