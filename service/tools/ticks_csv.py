@@ -197,8 +197,8 @@ def _moment(date: str, time: str) -> str:
     extended (`2024-01-02`, `09:30:00`) or the basic form (`20240102`, `093000`, `0930`);
     the time column alone when it holds the whole timestamp (it contains the date)."""
     date, time = date.strip(), time.strip()
-    if date and date in time:  # a time column that repeats the date is the timestamp
-        return time
+    if date and date in time and not time.isdigit():  # the time column repeats the date:
+        return time  # it is the timestamp (all digits would read as epoch ms: not that)
     if len(date) == 8 and date.isdigit():
         date = f"{date[:4]}-{date[4:6]}-{date[6:]}"
     if len(time) in (4, 6) and time.isdigit():

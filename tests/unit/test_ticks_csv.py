@@ -169,6 +169,10 @@ def test_a_date_and_a_time_column_make_one_timestamp_in_either_iso_form(tmp_path
     # A time column that holds the whole timestamp (it repeats the date) is read alone
     full = "Date,Time,Close\n2024-01-02,2024-01-02 09:30:00,1\n"
     assert [t.ts_ms for t in valid_ticks(write(tmp_path, full))] == [nine_thirty]
+    # ... but not as digits alone, which would read as epoch ms (the year 2611): bad_ts
+    bad = BadRows()
+    digits = "Date,Time,Close\n20240102,20240102093000,1\n"
+    assert list(valid_ticks(write(tmp_path, digits), bad)) == [] and bad.by_reason == {"bad_ts": 1}
     # A single timestamp column still wins over a date and a time beside it
     both = f"ts,date,time,symbol,price\n{T},2024-01-02,09:30,ES,1\n"
     assert [t.ts_ms for t in valid_ticks(write(tmp_path, both))] == [T]
