@@ -21,6 +21,7 @@ import csv
 import gzip
 import io
 import itertools
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import IO
 
 from service.codec import (
+    BAD_TS,
     MAX_SYMBOL_CHARS,
     MISSING_FIELD,
     TOO_LARGE,
@@ -194,16 +196,24 @@ def _delimiter(line: str) -> str:
 
 def _moment(date: str, time: str) -> str:
     """One ISO-8601 timestamp from a date and a time of day in two columns, each in the
-    extended (`2024-01-02`, `09:30:00`) or the basic form (`20240102`, `093000`, `0930`);
-    the time column alone when it holds the whole timestamp (it contains the date)."""
+    extended (`2024-01-02`, `09:30:00`) or the basic form (`20240102`, `093000`, `0930`),
+    a time perhaps with a fraction and a zone; the time column alone when it holds the
+    whole timestamp (it contains the date). InvalidTick (bad_ts) for any other time:
+    Python's ISO parser would read stray digits as some time of day."""
     date, time = date.strip(), time.strip()
     if date and date in time and not time.isdigit():  # the time column repeats the date:
         return time  # it is the timestamp (all digits would read as epoch ms: not that)
+    match = _TIME_OF_DAY.fullmatch(time)
+    if match is None:
+        raise InvalidTick(BAD_TS, f"time {time[:40]!r} is not a time of day (hh:mm[:ss])")
+    hour, minute, second, rest = match.groups()
     if len(date) == 8 and date.isdigit():
         date = f"{date[:4]}-{date[4:6]}-{date[6:]}"
-    if len(time) in (4, 6) and time.isdigit():
-        time = ":".join(time[i : i + 2] for i in range(0, len(time), 2))
-    return f"{date}T{time}"
+    return f"{date}T{hour}:{minute}:{second or '00'}{rest}"
+
+
+# hh:mm[:ss[.fff]] or hhmm[ss[.fff]], then perhaps a zone (Z, +01:00, -0500)
+_TIME_OF_DAY = re.compile(r"(\d\d):?(\d\d)(?::?(\d\d))?((?:\.\d+)?(?:[Zz]|[+-]\d\d:?\d\d)?)")
 
 
 def _point(number: str) -> str:

@@ -176,3 +176,22 @@ def test_a_date_and_a_time_column_make_one_timestamp_in_either_iso_form(tmp_path
     # A single timestamp column still wins over a date and a time beside it
     both = f"ts,date,time,symbol,price\n{T},2024-01-02,09:30,ES,1\n"
     assert [t.ts_ms for t in valid_ticks(write(tmp_path, both))] == [T]
+
+
+def test_a_time_column_holds_a_time_of_day_or_the_row_is_bad_ts(tmp_path):
+    """Python's ISO parser reads stray digits after a T as some time (`2024-01-02T2024010209`
+    is 20:24:01.0209), so the time column is checked for hh:mm[:ss] itself."""
+    text = (
+        "Date,Time,Close\n"
+        "2024-01-02,09:30:00.250Z,1\n"  # a fraction and a zone pass through
+        "2024-01-02,0930-0500,2\n"
+        "2024-01-02,2024010209,3\n"  # digits that are no time of day
+        "2024-01-02,9:30,4\n"  # one digit of hour: not ISO
+        "2024-01-02,,5\n"
+        "2024-01-02,25:00,6\n"  # the form of a time, but none
+    )
+    bad = BadRows()
+    rows = list(valid_ticks(write(tmp_path, text), bad))
+    nine_thirty = 1_704_187_800_000  # 2024-01-02T09:30:00Z
+    assert [t.ts_ms for t in rows] == [nine_thirty + 250, nine_thirty + 5 * 3_600_000]
+    assert bad.by_reason == {"bad_ts": 4}
