@@ -196,6 +196,8 @@ class Backtest:
                         "accuracy": _round(tallies[h].accuracy("ffbpn")),
                         "log_loss": _round(tallies[h].log_loss("ffbpn")),
                         "model_version": learner.nets.steps[k],
+                        # each series is judged against its own baselines
+                        "baselines": _section(tallies[h])["baselines"],
                     }
                     for k, h in enumerate(horizons)
                 },

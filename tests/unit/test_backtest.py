@@ -257,3 +257,15 @@ def test_each_horizon_states_its_lead_over_the_best_baseline_and_its_log_loss_ex
         excess = section["model"]["log_loss"] - section["baselines"]["base_rate"]["log_loss"]
         assert f"{lead:+.2f} points" in line and f"({best})" in line
         assert f"log loss {excess:+.4f}" in line
+
+
+def test_each_symbol_has_its_own_baselines_per_horizon(tmp_path: Path) -> None:
+    """Every series is judged against its own base rate: the per-symbol sections carry
+    the baselines, and with one symbol they are the whole report's."""
+    bt = Backtest(LearnerConfig(window=2, horizons=(1, 5)))
+    run_rows(bt, read_ticks(walk_csv(tmp_path / "w.csv", n=1000)))
+    report = bt.report()
+    mine = report["per_symbol"]["W"]["horizons"]
+    for h, section in report["horizons"].items():
+        assert mine[h]["baselines"] == section["baselines"]
+        assert mine[h]["baselines"]["base_rate"]["log_loss"] is not None
