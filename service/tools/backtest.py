@@ -197,7 +197,7 @@ class Backtest:
                         "log_loss": _round(tallies[h].log_loss("ffbpn")),
                         "model_version": learner.nets.steps[k],
                         # each series is judged against its own baselines
-                        "baselines": _section(tallies[h])["baselines"],
+                        "baselines": _baselines(tallies[h]),
                     }
                     for k, h in enumerate(horizons)
                 },
@@ -236,13 +236,15 @@ def _section(t: Tally) -> dict[str, Any]:
             "accuracy": _round(t.accuracy("ffbpn")),
             "log_loss": _round(t.log_loss("ffbpn")),
         },
-        "baselines": {
-            m: {
-                "accuracy": _round(t.accuracy(m)),
-                "log_loss": _round(t.log_loss(m)),
-            }
-            for m in BASELINES
-        },
+        "baselines": _baselines(t),
+    }
+
+
+def _baselines(t: Tally) -> dict[str, Any]:
+    """Accuracy and log loss of each baseline (`log_loss` None for the rules)."""
+    return {
+        m: {"accuracy": _round(t.accuracy(m)), "log_loss": _round(t.log_loss(m))}
+        for m in BASELINES
     }
 
 
